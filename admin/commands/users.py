@@ -1,0 +1,10 @@
+"""`relay-admin` command module: users (not built yet)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    pass

@@ -1,0 +1,99 @@
+"""What every admin command gets: settings, the store, the acting user, output, and the error classes.
+
+Error tree (each is rendered as one line on stderr by `admin.cli.main`):
+
+    CliError              exit code carried by the class
+    ├── UsageError        2  bad input or usage; nothing changed
+    └── PermissionDenied  3  the acting user's role may not do this; audited, nothing changed
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from admin.roles import may
+from relay.models import AuditEntry, User
+from relay.settings import Settings
+from relay.store import Store, utcnow
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1  # done, but the answer is no (validate: not verified)
+EXIT_USAGE = 2
+EXIT_DENIED = 3
+
+BOOTSTRAP_ACTOR = "(bootstrap)"
+
+
+class CliError(Exception):
+    exit_code = EXIT_USAGE
+
+
+class UsageError(CliError):
+    """Bad input or usage: name the field and the problem in one line."""
+
+    exit_code = EXIT_USAGE
+
+
+class PermissionDenied(CliError):
+    exit_code = EXIT_DENIED
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    actor_name: str | None
+    json_output: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+    def authorize(self, action: str, *, tenant: str | None = None) -> str:
+        """Return the acting user's name if their role may perform `action`, else raise.
+
+        The very first `user add` needs no acting user (bootstrap). Denials of changing actions
+        are written to the audit log before raising.
+        """
+        if self.actor_name is None:
+            if action == "user.add" and not self.store.list_users():
+                return BOOTSTRAP_ACTOR
+            raise UsageError("no acting user: pass --as USER or set RELAY_ADMIN_USER")
+        user: User | None = self.store.get_user(self.actor_name)
+        if user is None:
+            self._deny(action, tenant, f"unknown user {self.actor_name!r}")
+        elif not may(user.role, action):
+            self._deny(action, tenant, f"user {user.name!r} ({user.role.value}) may not {action}")
+        return self.actor_name
+
+    def _deny(self, action: str, tenant: str | None, reason: str) -> None:
+        # Every denied attempt is audited, reading ones included: a probe is worth knowing about.
+        self.audit(action, tenant=tenant, outcome="denied", detail=reason, actor=self.actor_name)
+        raise PermissionDenied(f"permission denied: {reason}")
+
+    def audit(
+        self,
+        action: str,
+        *,
+        tenant: str | None = None,
+        outcome: str = "done",
+        detail: str = "",
+        actor: str | None = None,
+    ) -> None:
+        self.store.add_audit(
+            AuditEntry(
+                time=utcnow(),
+                actor=actor or self.actor_name or BOOTSTRAP_ACTOR,
+                action=action,
+                tenant=tenant,
+                outcome=outcome,
+                detail=detail,
+            )
+        )
+
+    def emit(self, data: Any, text: str) -> None:
+        """Print `data` as JSON with --json, else the human text."""
+        if self.json_output:
+            self.out.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        else:
+            self.out.write(text if text.endswith("\n") or not text else text + "\n")

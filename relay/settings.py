@@ -1,0 +1,261 @@
+"""The one settings object: every `RELAY_*` variable, parsed and checked once, then passed in."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+ENV_PREFIX = "RELAY_"
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line naming the variable and the problem."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where accepted mail goes. `scheme` is `smtp` (STARTTLS when offered), `smtps` or `outbox`."""
+
+    scheme: Literal["smtp", "smtps", "outbox"]
+    host: str = ""
+    port: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls_required: bool = False
+    outbox_dir: Path | None = None
+
+    def __str__(self) -> str:
+        # Never shows the password: this is what logs and `make run` print.
+        if self.scheme == "outbox":
+            return f"outbox:{self.outbox_dir}"
+        user = f"{self.username}:***@" if self.username else ""
+        query = "?tls=required" if self.tls_required else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}{query}"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `5m`, `1h`, `7d`, `250ms` or a plain number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h, 7d)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_host_port(value: str, *, default_port: int | None = None) -> HostPort:
+    """`host:port`, `[v6]:port`, or `host` when a default port is given."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not host:port")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:  # a bare IPv6 address
+        host, port_text = text, ""
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port (use host:port)")
+        return HostPort(host, default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
+    return HostPort(host, int(port_text))
+
+
+def parse_upstream(value: str) -> Upstream:
+    text = value.strip()
+    if text.startswith("outbox:"):
+        directory = text[len("outbox:"):]
+        if not directory:
+            raise ValueError("outbox: needs a directory, e.g. outbox:var/outbox")
+        return Upstream(scheme="outbox", outbox_dir=Path(directory))
+    parts = urlsplit(text)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"{_redact(text)!r}: use smtp://host:port, smtps://host:port or outbox:DIR")
+    if not parts.hostname:
+        raise ValueError(f"{_redact(text)!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{_redact(text)!r} has an invalid port") from None
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"tls"}
+    if unknown:
+        raise ValueError(f"unknown upstream option {sorted(unknown)[0]!r} (only tls=required)")
+    tls = query.get("tls", [""])[-1]
+    if tls not in ("", "required"):
+        raise ValueError(f"tls={tls!r}: only tls=required is known")
+    return Upstream(
+        scheme=parts.scheme,  # type: ignore[arg-type]
+        host=parts.hostname,
+        port=port or (465 if parts.scheme == "smtps" else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls_required=tls == "required" or parts.scheme == "smtps",
+    )
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+class Settings(BaseSettings):
+    """Every setting of both the relay and the admin CLI. Environment prefix `RELAY_`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    listen: Annotated[HostPort, NoDecode] = Field(
+        default=HostPort("127.0.0.1", 2525), description="SMTP listen address, host:port"
+    )
+    upstream: Annotated[Upstream, NoDecode] = Field(
+        default=Upstream(scheme="outbox", outbox_dir=Path("var/outbox")),
+        description="smtp://[user:pass@]host:port[?tls=required], smtps://..., or outbox:DIR",
+    )
+    database: str = Field(default="sqlite:///var/relay.db", description="the store: sqlite:///PATH")
+    keys_dir: Path = Field(default=Path("keys"), description="DKIM private keys (dir 0700, files 0600)")
+    nameservers: Annotated[list[HostPort], NoDecode] = Field(
+        default_factory=list,
+        description="DNS servers for validation, host[:port] comma-separated; empty = the domain's own",
+    )
+    tenant_header: str = Field(default="X-Relay-Tenant", description="header naming a message's tenant")
+    return_path_target: str = Field(
+        default="bounces.relay.invalid", description="CNAME target of tenants' return-path hosts"
+    )
+    platform_sender: str | None = Field(
+        default=None, description="tenant id of the platform's own sender, for unverified tenants"
+    )
+    tls_cert: Path | None = Field(default=None, description="certificate enabling STARTTLS")
+    tls_key: Path | None = Field(default=None, description="private key for RELAY_TLS_CERT")
+    workers: int = Field(default=1, ge=1, le=64, description="relay processes sharing the port")
+
+    # Beyond SPEC.md: limits and timeouts a production relay needs (RELIABILITY.md R5).
+    hostname: str = Field(default_factory=socket.getfqdn, description="name in EHLO/banner/Received")
+    dmarc_rua: str | None = Field(default=None, description="mailto: for aggregate DMARC reports we advise")
+    max_message_size: int = Field(default=35 * 1024 * 1024, ge=1024, description="bytes, SIZE limit")
+    max_recipients: int = Field(default=100, ge=1, description="recipients per message")
+    upstream_timeout: float = Field(default=60.0, gt=0, description="budget for one upstream exchange")
+    session_timeout: float = Field(default=300.0, gt=0, description="idle/DATA timeout of a client session")
+    dns_timeout: float = Field(default=5.0, gt=0, description="lifetime of one DNS question")
+    reload_interval: float = Field(default=2.0, gt=0, description="how often the relay looks for admin changes")
+    admin_user: str | None = Field(default=None, description="acting user of relay-admin (or --as)")
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream(cls, value: Any) -> Any:
+        return parse_upstream(value) if isinstance(value, str) else value
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _nameservers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            servers = [parse_host_port(item, default_port=53) for item in value.split(",") if item.strip()]
+            for server in servers:
+                try:
+                    ipaddress.ip_address(server.host)
+                except ValueError:
+                    raise ValueError(f"{server.host!r} is not an IP address") from None
+            return servers
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+            if value.startswith("postgresql://"):
+                raise ValueError("postgresql:// is not supported yet; use sqlite:///PATH")
+            raise ValueError(f"{value!r}: use sqlite:///PATH")
+        return value
+
+    @field_validator("tenant_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        # RFC 5322 3.6.8: printable ASCII except colon.
+        if not re.fullmatch(r"[!-9;-~]+", value):
+            raise ValueError(f"{value!r} is not a header field name")
+        return value
+
+    @field_validator("return_path_target", "hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        name = value.strip().rstrip(".").lower()
+        if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?", name):
+            raise ValueError(f"{value!r} is not a host name")
+        return name
+
+    @field_validator("upstream_timeout", "session_timeout", "dns_timeout", "reload_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("dmarc_rua")
+    @classmethod
+    def _rua(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"mailto:[^\s;,!]+@[^\s;,!]+", value):
+            raise ValueError(f"{value!r}: use mailto:address")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("RELAY_TLS_CERT and RELAY_TLS_KEY go together: set both or neither")
+        if self.upstream_timeout >= self.session_timeout:
+            # R5: the upstream budget must end before the client's session does.
+            raise ValueError("RELAY_UPSTREAM_TIMEOUT must be shorter than RELAY_SESSION_TIMEOUT")
+        return self
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database[len("sqlite:///"):])
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus CLI overrides); any problem becomes one `SettingsError` line."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not field:  # a contradiction between settings: the message names them itself
+            raise SettingsError(message) from None
+        raise SettingsError(f"{ENV_PREFIX}{field.upper()}: {message}") from None
+    except _SourceError as exc:  # a value the environment source could not even decode
+        raise SettingsError(str(exc).replace('error parsing value for field "', ENV_PREFIX).split('"')[0]
+                            + ": cannot be parsed") from None

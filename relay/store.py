@@ -1,0 +1,370 @@
+"""The store: one data-access interface (`Store`) and its SQLite backend, with a versioned schema.
+
+Both the admin CLI and the relay read and write only through `Store`; a PostgreSQL backend will
+implement the same methods. Every write bumps `generation()`, which running relays poll to pick up
+admin changes without a restart. Writes grouped in `transaction()` are all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from relay.models import (
+    AuditEntry,
+    CheckResult,
+    CheckStatus,
+    Client,
+    DkimKey,
+    KeyState,
+    Role,
+    Sender,
+    Tenant,
+    TenantStatus,
+    User,
+)
+from relay.settings import Settings
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (bad path, newer schema, locked too long)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+    def transaction(self) -> Any: ...
+    def generation(self) -> int: ...
+
+    def add_user(self, user: User) -> None: ...
+    def get_user(self, name: str) -> User | None: ...
+    def list_users(self) -> list[User]: ...
+
+    def save_tenant(self, tenant: Tenant) -> None: ...
+    def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+    def list_tenants(self) -> list[Tenant]: ...
+
+    def add_key(self, key: DkimKey) -> None: ...
+    def list_keys(self, tenant_id: str | None = None) -> list[DkimKey]: ...
+    def set_key_state(
+        self, tenant_id: str, selector: str, state: KeyState, remove_after: datetime | None = None
+    ) -> None: ...
+
+    def add_client(self, client: Client) -> None: ...
+    def get_client(self, name: str) -> Client | None: ...
+    def list_clients(self) -> list[Client]: ...
+
+    def save_checks(self, tenant_id: str, checks: list[CheckResult]) -> None: ...
+    def latest_checks(self, tenant_id: str) -> list[CheckResult]: ...
+
+    def add_audit(self, entry: AuditEntry) -> None: ...
+    def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]: ...
+
+
+# Each entry moves the schema one version up; applied in order inside one transaction.
+# Never edit a released migration: add the next one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta VALUES ('generation', 0);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, role TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, domain TEXT NOT NULL,
+        return_path_label TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        last_validated_at TEXT, verified_at TEXT);
+    CREATE TABLE dkim_keys (
+        tenant TEXT NOT NULL REFERENCES tenants(id), selector TEXT NOT NULL, state TEXT NOT NULL,
+        public_key TEXT NOT NULL, key_file TEXT NOT NULL, created_at TEXT NOT NULL, remove_after TEXT,
+        PRIMARY KEY (tenant, selector));
+    CREATE TABLE clients (
+        name TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, all_tenants INTEGER NOT NULL,
+        created_at TEXT NOT NULL);
+    CREATE TABLE client_tenants (
+        client TEXT NOT NULL REFERENCES clients(name), tenant TEXT NOT NULL,
+        PRIMARY KEY (client, tenant));
+    CREATE TABLE client_networks (
+        client TEXT NOT NULL REFERENCES clients(name), network TEXT NOT NULL,
+        PRIMARY KEY (client, network));
+    CREATE TABLE checks (
+        tenant TEXT NOT NULL REFERENCES tenants(id), purpose TEXT NOT NULL, type TEXT NOT NULL,
+        name TEXT NOT NULL, status TEXT NOT NULL, expected TEXT NOT NULL, found TEXT NOT NULL,
+        diagnosis TEXT NOT NULL, required INTEGER NOT NULL, checked_at TEXT NOT NULL);
+    CREATE INDEX checks_tenant ON checks(tenant);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, tenant TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+    CREATE INDEX audit_tenant ON audit(tenant);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _req_dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class SqliteStore:
+    """SQLite backend (WAL, so the relay reads while the CLI writes)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=10.0, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=10000")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store has schema version {version}, newer than this program's {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for index in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {index + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all; nesting joins the outer transaction."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        with self.transaction():
+            self._db.execute(sql, params)
+            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def generation(self) -> int:
+        return int(self._rows("SELECT value FROM meta WHERE key = 'generation'")[0][0])
+
+    # users
+    def add_user(self, user: User) -> None:
+        self._write(
+            "INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)",
+            (user.name, user.role.value, _ts(user.created_at)),
+        )
+
+    def get_user(self, name: str) -> User | None:
+        rows = self._rows("SELECT * FROM users WHERE name = ?", (name,))
+        return self._user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        return [self._user(row) for row in self._rows("SELECT * FROM users ORDER BY name")]
+
+    @staticmethod
+    def _user(row: sqlite3.Row) -> User:
+        return User(name=row["name"], role=Role(row["role"]), created_at=_req_dt(row["created_at"]))
+
+    # tenants
+    def save_tenant(self, tenant: Tenant) -> None:
+        s = tenant.sender
+        self._write(
+            """INSERT INTO tenants (id, name, email, domain, return_path_label, status,
+                   created_at, updated_at, last_validated_at, verified_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                   domain = excluded.domain, return_path_label = excluded.return_path_label,
+                   status = excluded.status, updated_at = excluded.updated_at,
+                   last_validated_at = excluded.last_validated_at, verified_at = excluded.verified_at""",
+            (
+                tenant.id, s.name, s.email, s.domain, s.return_path_label, str(tenant.status),
+                _ts(tenant.created_at), _ts(tenant.updated_at),
+                _ts(tenant.last_validated_at), _ts(tenant.verified_at),
+            ),
+        )
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        rows = self._rows("SELECT * FROM tenants WHERE id = ?", (tenant_id,))
+        return self._tenant(rows[0]) if rows else None
+
+    def list_tenants(self) -> list[Tenant]:
+        return [self._tenant(row) for row in self._rows("SELECT * FROM tenants ORDER BY id")]
+
+    @staticmethod
+    def _tenant(row: sqlite3.Row) -> Tenant:
+        status: TenantStatus | str
+        try:
+            status = TenantStatus(row["status"])
+        except ValueError:
+            status = row["status"]
+        return Tenant(
+            id=row["id"],
+            sender=Sender(
+                name=row["name"], email=row["email"], domain=row["domain"],
+                return_path_label=row["return_path_label"],
+            ),
+            status=status,
+            created_at=_req_dt(row["created_at"]),
+            updated_at=_req_dt(row["updated_at"]),
+            last_validated_at=_dt(row["last_validated_at"]),
+            verified_at=_dt(row["verified_at"]),
+        )
+
+    # DKIM keys
+    def add_key(self, key: DkimKey) -> None:
+        self._write(
+            """INSERT INTO dkim_keys (tenant, selector, state, public_key, key_file, created_at,
+                   remove_after) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (
+                key.tenant, key.selector, key.state.value, key.public_key_b64, key.key_file,
+                _ts(key.created_at), _ts(key.remove_after),
+            ),
+        )
+
+    def list_keys(self, tenant_id: str | None = None) -> list[DkimKey]:
+        if tenant_id is None:
+            rows = self._rows("SELECT * FROM dkim_keys ORDER BY tenant, created_at")
+        else:
+            rows = self._rows(
+                "SELECT * FROM dkim_keys WHERE tenant = ? ORDER BY created_at", (tenant_id,)
+            )
+        return [
+            DkimKey(
+                tenant=row["tenant"], selector=row["selector"], state=KeyState(row["state"]),
+                public_key_b64=row["public_key"], key_file=row["key_file"],
+                created_at=_req_dt(row["created_at"]), remove_after=_dt(row["remove_after"]),
+            )
+            for row in rows
+        ]
+
+    def set_key_state(
+        self, tenant_id: str, selector: str, state: KeyState, remove_after: datetime | None = None
+    ) -> None:
+        self._write(
+            "UPDATE dkim_keys SET state = ?, remove_after = ? WHERE tenant = ? AND selector = ?",
+            (state.value, _ts(remove_after), tenant_id, selector),
+        )
+
+    # clients
+    def add_client(self, client: Client) -> None:
+        with self.transaction():
+            self._write(
+                "INSERT INTO clients (name, secret_hash, all_tenants, created_at) VALUES (?, ?, ?, ?)",
+                (client.name, client.secret_hash, int(client.all_tenants), _ts(client.created_at)),
+            )
+            for tenant in client.tenants:
+                self._write("INSERT INTO client_tenants VALUES (?, ?)", (client.name, tenant))
+            for network in client.networks:
+                self._write("INSERT INTO client_networks VALUES (?, ?)", (client.name, network))
+
+    def get_client(self, name: str) -> Client | None:
+        rows = self._rows("SELECT * FROM clients WHERE name = ?", (name,))
+        return self._client(rows[0]) if rows else None
+
+    def list_clients(self) -> list[Client]:
+        return [self._client(row) for row in self._rows("SELECT * FROM clients ORDER BY name")]
+
+    def _client(self, row: sqlite3.Row) -> Client:
+        name = row["name"]
+        tenants = self._rows("SELECT tenant FROM client_tenants WHERE client = ? ORDER BY tenant", (name,))
+        networks = self._rows("SELECT network FROM client_networks WHERE client = ? ORDER BY network", (name,))
+        return Client(
+            name=name, secret_hash=row["secret_hash"], all_tenants=bool(row["all_tenants"]),
+            tenants=tuple(r[0] for r in tenants), networks=tuple(r[0] for r in networks),
+            created_at=_req_dt(row["created_at"]),
+        )
+
+    # validation results: the latest complete set per tenant replaces the previous one
+    def save_checks(self, tenant_id: str, checks: list[CheckResult]) -> None:
+        with self.transaction():
+            self._write("DELETE FROM checks WHERE tenant = ?", (tenant_id,))
+            for c in checks:
+                self._write(
+                    """INSERT INTO checks (tenant, purpose, type, name, status, expected, found,
+                           diagnosis, required, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        tenant_id, c.purpose, c.type, c.name, c.status.value, c.expected,
+                        json.dumps(list(c.found)), c.diagnosis, int(c.required), _ts(c.checked_at),
+                    ),
+                )
+
+    def latest_checks(self, tenant_id: str) -> list[CheckResult]:
+        rows = self._rows("SELECT * FROM checks WHERE tenant = ? ORDER BY rowid", (tenant_id,))
+        return [
+            CheckResult(
+                purpose=row["purpose"], type=row["type"], name=row["name"],
+                status=CheckStatus(row["status"]), expected=row["expected"],
+                found=tuple(json.loads(row["found"])), diagnosis=row["diagnosis"],
+                checked_at=_req_dt(row["checked_at"]), required=bool(row["required"]),
+            )
+            for row in rows
+        ]
+
+    # audit log: append-only
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._write(
+            "INSERT INTO audit (time, actor, action, tenant, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (_ts(entry.time), entry.actor, entry.action, entry.tenant, entry.outcome, entry.detail),
+        )
+
+    def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]:
+        if tenant_id is None:
+            rows = self._rows("SELECT * FROM audit ORDER BY id")
+        else:
+            rows = self._rows("SELECT * FROM audit WHERE tenant = ? ORDER BY id", (tenant_id,))
+        return [
+            AuditEntry(
+                id=row["id"], time=_req_dt(row["time"]), actor=row["actor"], action=row["action"],
+                tenant=row["tenant"], outcome=row["outcome"], detail=row["detail"],
+            )
+            for row in rows
+        ]
+
+
+def open_store(settings: Settings) -> Store:
+    """The backend named by RELAY_DATABASE (only sqlite:/// for now)."""
+    return SqliteStore(settings.database_path)
