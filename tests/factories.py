@@ -1,0 +1,61 @@
+"""Build store state directly (no CLI), for tests of one part that need tenants, keys and clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relay import dkimkeys
+from relay.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.settings import Settings
+from relay.store import Store, utcnow
+
+
+def make_tenant(
+    store: Store,
+    settings: Settings,
+    tenant_id: str,
+    *,
+    name: str = "Acme Accounting",
+    email: str | None = None,
+    domain: str | None = None,
+    return_path_label: str = "bounce",
+    status: TenantStatus = TenantStatus.PENDING,
+    selector: str | None = None,
+) -> tuple[Tenant, DkimKey]:
+    """A tenant with an active RSA-2048 key written under the keys dir (0600)."""
+    domain = domain or f"{tenant_id}.test"
+    now = utcnow()
+    tenant = Tenant(
+        id=tenant_id,
+        sender=Sender(name=name, email=email or f"billing@{domain}", domain=domain,
+                      return_path_label=return_path_label),
+        status=status,
+        created_at=now,
+        updated_at=now,
+        verified_at=now if status is TenantStatus.VERIFIED else None,
+    )
+    private = dkimkeys.generate_private_key()
+    selector = selector or dkimkeys.new_selector(now)
+    relative = dkimkeys.key_path(tenant_id, selector)
+    dkimkeys.write_private_key(Path(settings.keys_dir), relative, private)
+    key = DkimKey(tenant=tenant_id, selector=selector, state=KeyState.ACTIVE,
+                  public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
+    with store.transaction():
+        store.save_tenant(tenant)
+        store.add_key(key)
+    return tenant, key
+
+
+def make_client(
+    store: Store,
+    name: str,
+    secret_hash: str,
+    *,
+    tenants: tuple[str, ...] = (),
+    all_tenants: bool = False,
+    networks: tuple[str, ...] = (),
+) -> Client:
+    client = Client(name=name, secret_hash=secret_hash, all_tenants=all_tenants, tenants=tenants,
+                    networks=networks, created_at=utcnow())
+    store.add_client(client)
+    return client
