@@ -1,10 +1,50 @@
-"""`relay-admin` command module: records (not built yet)."""
+"""`relay-admin records TENANT [--format table|json|bind|csv]`: the DNS records a tenant must publish."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from admin.context import EXIT_OK, Context, UsageError
+from admin.records import DnsRecord, records_for
+from admin.render import FORMATS, render
+from relay.models import Tenant
+
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    pass
+    parser = commands.add_parser(
+        "records", parents=[common], help="the DNS records to publish for a tenant",
+        description="Print the DNS records a tenant's IT must publish.",
+    )
+    parser.add_argument("tenant", metavar="TENANT")
+    parser.add_argument("--format", dest="format", choices=FORMATS, default=None,
+                        help="output form (default: table; --json is --format json)")
+    parser.set_defaults(handler=run)
+
+
+def tenant_records(ctx: Context, tenant_id: str) -> tuple[Tenant, list[DnsRecord]]:
+    """The tenant and every record it publishes, retiring keys included (still published until removed)."""
+    tenant = ctx.store.get_tenant(tenant_id)
+    if tenant is None:
+        raise UsageError(f"tenant: no tenant {tenant_id!r}")
+    records = records_for(
+        tenant.sender,
+        ctx.store.list_keys(tenant.id),
+        return_path_target=ctx.settings.return_path_target,
+        dmarc_rua=ctx.settings.dmarc_rua,
+    )
+    return tenant, records
+
+
+def chosen_format(requested: str | None, json_output: bool) -> str:
+    if json_output and requested not in (None, "json"):
+        raise UsageError(f"--format: {requested} conflicts with --json (which means --format json)")
+    return "json" if json_output else requested or "table"
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    fmt = chosen_format(args.format, ctx.json_output)
+    ctx.authorize("records", tenant=args.tenant)
+    tenant, records = tenant_records(ctx, args.tenant)
+    ctx.out.write(render(records, fmt, zone=tenant.sender.domain))
+    return EXIT_OK

@@ -1,0 +1,229 @@
+"""`relay-admin export`: the .xlsx hand-over reopened with openpyxl, cell by cell, in nl, en and fr."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import idna
+import openpyxl
+import pytest
+from openpyxl.worksheet.worksheet import Worksheet
+
+from admin.export import save_atomically
+from admin.export_texts import LANGUAGES, ExportTexts
+from relay.models import CheckResult, CheckStatus, Role, User
+from relay.settings import Settings, load_settings
+from relay.store import Store, open_store, utcnow
+from tests.conftest import CliResult
+from tests.factories import make_tenant
+
+Cli = Callable[..., CliResult]
+ACCOUNTANT = "carol"
+HEADER_ROW = 6
+
+
+@pytest.fixture
+def settings(relay_env: Path) -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """The store the `cli` fixture uses, with an accountant: every export here runs as that role."""
+    opened = open_store(settings)
+    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
+    yield opened
+    opened.close()
+
+
+def export(cli: Cli, tenant: str, output: Path, *args: str) -> CliResult:
+    return cli("export", tenant, "--output", str(output), *args, "--as", ACCOUNTANT)
+
+
+def records_json(cli: Cli, tenant: str) -> list[dict[str, Any]]:
+    result = cli("records", tenant, "--json", "--as", ACCOUNTANT)
+    assert result.code == 0, result.err
+    data: list[dict[str, Any]] = json.loads(result.out)
+    return data
+
+
+def written_cells(wb: openpyxl.Workbook) -> Iterator[Any]:
+    for ws in wb.worksheets:
+        for row in ws.iter_rows():
+            yield from (cell for cell in row if cell.value is not None)
+
+
+def expected_row(record: dict[str, Any], texts: ExportTexts, domain: str) -> list[str | None]:
+    purpose = texts.purposes[record["purpose"]]
+    if "state" in record:
+        purpose += f" ({texts.states[record['state']]})"
+    host = record["name"].removesuffix("." + domain)
+    return [record["type"], host, record["name"], record["value"], "<split>", str(record["ttl"]),
+            purpose, texts.yes if record["required"] else texts.no, None, None]
+
+
+def joined_zone_value(text: str, rdtype: str) -> str:
+    """Parse the 'split for zone files' cell as a zone file would, and give the data back as one string."""
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text)
+    if rdtype == "TXT":
+        assert all(len(piece) <= 255 for piece in rdata.strings)  # type: ignore[attr-defined]
+        return b"".join(rdata.strings).decode()  # type: ignore[attr-defined]
+    return str(rdata.target.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("lang", ["nl", "en", "fr"])
+def test_workbook_cell_by_cell(cli: Cli, store: Store, settings: Settings, tmp_path: Path,
+                               lang: str) -> None:
+    make_tenant(store, settings, "acme", name="=SUM(A1)", email="facturen@acme.test")
+    output = tmp_path / f"acme-{lang}.xlsx"
+    result = export(cli, "acme", output, "--lang", lang)
+    assert (result.code, result.err, result.out) == (0, "", f"{output}\n")
+    texts = LANGUAGES[lang]
+    wb = openpyxl.load_workbook(output)
+    assert wb.sheetnames == [texts.records_sheet, texts.instructions_sheet]
+    ws = wb[texts.records_sheet]
+    assert [[c.value for c in row] for row in ws.iter_rows(min_row=1, max_row=5, max_col=2)] == [
+        [texts.sender_labels[0], "=SUM(A1)"], [texts.sender_labels[1], "facturen@acme.test"],
+        [texts.sender_labels[2], "acme.test"], [None, None], [None, None]]
+    assert [c.value for c in ws[HEADER_ROW]] == list(texts.headers)
+    assert all(c.font.b for c in ws[HEADER_ROW]) and ws.freeze_panes == f"A{HEADER_ROW + 1}"
+    records = records_json(cli, "acme")
+    rows = [[c.value for c in row] for row in ws.iter_rows(min_row=HEADER_ROW + 1)]
+    assert len(rows) == len(records) == 3
+    for row, record in zip(rows, records):
+        assert joined_zone_value(str(row[4]), record["type"]) == record["value"]
+        assert row[:4] + ["<split>"] + row[5:] == expected_row(record, texts, "acme.test")
+    for cell in written_cells(wb):
+        assert (cell.data_type, cell.number_format) == ("s", "@"), cell.coordinate
+    widths = {letter: ws.column_dimensions[letter].width for letter in "ABCDEFGHIJ"}
+    assert all(8 <= width <= 60 for width in widths.values()) and widths["D"] >= 40
+    assert_instructions(wb[texts.instructions_sheet], texts, records)
+
+
+def assert_instructions(ws: Worksheet, texts: ExportTexts, records: list[dict[str, Any]]) -> None:
+    text = "\n".join(str(c.value) for c in ws["A"] if c.value is not None)
+    dkim_host = records[0]["name"].removesuffix(".acme.test")
+    for needle in (dkim_host, "bounce", "_dmarc", "bounces.relay.test", "255", "DNS only",
+                   f"{records[0]['name']}.acme.test", texts.headers[1], texts.records_sheet):
+        assert needle in text
+    assert texts.title.format(domain="acme.test") == ws["A1"].value and ws["A1"].font.b
+    for other in LANGUAGES.values():  # the chosen language's texts, not another's
+        assert (other.mistakes_heading in text) == (other is texts)
+
+
+@pytest.mark.parametrize("name", ["=SUM(A1)", "+31 20 555 0100", "-1 Acme", "@home"])
+def test_formula_like_values_stay_literal_text(cli: Cli, store: Store, settings: Settings,
+                                               tmp_path: Path, name: str) -> None:
+    make_tenant(store, settings, "acme", name=name)
+    output = tmp_path / "out.xlsx"
+    assert export(cli, "acme", output, "--lang", "en").code == 0
+    ws = openpyxl.load_workbook(output)["Records"]
+    assert (ws["B1"].value, ws["B1"].data_type, ws["B1"].quotePrefix) == (name, "s", True)
+    with zipfile.ZipFile(output) as archive:
+        sheets = [n for n in archive.namelist() if n.startswith("xl/worksheets/")]
+        assert sheets and not any(b"<f>" in archive.read(n) for n in sheets)
+
+
+def test_idn_domain_shown_both_ways(cli: Cli, store: Store, settings: Settings, tmp_path: Path) -> None:
+    domain = idna.encode("bücher.test", uts46=True).decode()
+    make_tenant(store, settings, "bm", name="Bücher GmbH", domain=domain)
+    output = tmp_path / "bm.xlsx"
+    assert export(cli, "bm", output, "--lang", "fr").code == 0
+    texts = LANGUAGES["fr"]
+    ws = openpyxl.load_workbook(output)[texts.records_sheet]
+    assert [(ws.cell(r, 1).value, ws.cell(r, 2).value) for r in (3, 4)] == [
+        (texts.sender_labels[2], domain), (texts.sender_labels[3], "bücher.test")]
+    assert ws.cell(HEADER_ROW + 2, 3).value == f"bounce.{domain}"
+
+
+def test_last_validation_status_and_time(cli: Cli, store: Store, settings: Settings,
+                                         tmp_path: Path) -> None:
+    _, key = make_tenant(store, settings, "acme")
+    checked = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    store.save_checks("acme", [
+        CheckResult("dkim", "TXT", f"{key.selector}._domainkey.acme.test", CheckStatus.OK, "", (), "",
+                    checked),
+        CheckResult("return-path", "CNAME", "bounce.acme.test", CheckStatus.MISSING, "", (), "", checked),
+    ])
+    output = tmp_path / "out.xlsx"
+    assert export(cli, "acme", output, "--lang", "en").code == 0
+    ws = openpyxl.load_workbook(output)["Records"]
+    found = [(ws.cell(r, 7).value, ws.cell(r, 9).value, ws.cell(r, 10).value)
+             for r in range(HEADER_ROW + 1, HEADER_ROW + 4)]
+    assert found == [("DKIM key (active)", "OK", "2025-03-04 05:06:07 UTC"),
+                     ("Return path (bounces, SPF)", "missing", "2025-03-04 05:06:07 UTC"),
+                     ("DMARC policy (advice)", None, None)]
+
+
+def test_json_output_and_dutch_by_default(cli: Cli, store: Store, settings: Settings,
+                                          tmp_path: Path) -> None:
+    make_tenant(store, settings, "acme")
+    output = tmp_path / "out.xlsx"
+    result = export(cli, "acme", output, "--json")
+    assert result.code == 0
+    assert json.loads(result.out) == {"tenant": "acme", "output": str(output), "lang": "nl"}
+    assert openpyxl.load_workbook(output).sheetnames == ["DNS-records", "Instructies"]
+
+
+def test_rewrite_replaces_the_file_and_leaves_no_temp_files(cli: Cli, store: Store, settings: Settings,
+                                                            tmp_path: Path) -> None:
+    make_tenant(store, settings, "acme")
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    output = output_dir / "acme.xlsx"
+    output.write_bytes(b"old")
+    assert export(cli, "acme", output, "--lang", "en").code == 0
+    assert openpyxl.load_workbook(output).sheetnames == ["Records", "Instructions"]
+    assert [p.name for p in output_dir.iterdir()] == ["acme.xlsx"]
+
+
+@pytest.mark.parametrize("args", [
+    ("acme", "--output", "{d}/missing/out.xlsx"),
+    ("acme", "--output", "{d}/out.xls"),
+    ("acme", "--output", "{d}/out.csv"),
+    ("acme", "--output", "{d}/dir.xlsx"),
+    ("acme", "--output", "{d}/out.xlsx", "--lang", "de"),
+    ("nobody", "--output", "{d}/out.xlsx"),
+])
+def test_bad_input_is_exit_2_one_line_nothing_written(cli: Cli, store: Store, settings: Settings,
+                                                      tmp_path: Path, args: tuple[str, ...]) -> None:
+    make_tenant(store, settings, "acme")
+    target = tmp_path / "target"
+    (target / "dir.xlsx").mkdir(parents=True)
+    result = cli("export", *(a.format(d=target) for a in args), "--as", ACCOUNTANT)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.count("\n") == 1 and result.err.startswith("relay-admin: ")
+    assert [p.name for p in target.iterdir()] == ["dir.xlsx"]
+
+
+def test_accountant_may_run_records_and_export(cli: Cli, store: Store, settings: Settings,
+                                               tmp_path: Path) -> None:
+    make_tenant(store, settings, "acme")
+    assert store.get_user(ACCOUNTANT).role is Role.ACCOUNTANT  # type: ignore[union-attr]
+    assert cli("records", "acme", "--as", ACCOUNTANT).code == 0
+    assert export(cli, "acme", tmp_path / "a.xlsx").code == 0
+
+
+class _FailingWorkbook:
+    """Writes part of a file, then fails like a full disk would."""
+
+    def save(self, handle: Any) -> None:
+        handle.write(b"PK partial")
+        raise OSError(28, "No space left on device")
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "acme.xlsx"
+    target.write_bytes(b"previous")
+    with pytest.raises(OSError):
+        save_atomically(_FailingWorkbook(), target)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["acme.xlsx"]

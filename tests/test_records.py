@@ -1,0 +1,260 @@
+"""`relay-admin records`: golden files in four formats, and each format read back by a real parser."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.zone
+import idna
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from admin.render import quote_txt, split_txt
+from relay import dkimkeys
+from relay.models import DkimKey, KeyState, Role, Sender, Tenant, TenantStatus, User
+from relay.settings import load_settings
+from relay.store import Store, open_store
+from tests.conftest import CliResult
+
+GOLDEN = Path(__file__).parent / "golden"
+SELECTOR = "ar20240101golden"
+FIXED_TIME = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+ACCOUNTANT = "carol"
+FORMATS = ("bind", "csv", "json", "table")
+IDN_DOMAIN = idna.encode("bücher-müller.test", uts46=True).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Case:
+    tenant: str
+    sender: Sender
+    dmarc_rua: str | None = None
+
+
+CASES = {
+    "01-ascii": Case("acme", Sender("Acme Accounting", "billing@acme.test", "acme.test")),
+    "02-idn": Case(
+        "bm",
+        Sender("Bücher & Müller", f"factuur@mail.{IDN_DOMAIN}", IDN_DOMAIN, return_path_label="retour"),
+        dmarc_rua="mailto:dmarc@reports.relay.test",
+    ),
+}
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture(scope="module")
+def golden_public_key() -> str:
+    """The committed test key (tests/ is the only place a private key may live): stable outputs."""
+    key = serialization.load_pem_private_key((GOLDEN / "dkim-test-key.pem").read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return dkimkeys.public_key_b64(key)
+
+
+@pytest.fixture
+def store(relay_env: Path) -> Iterator[Store]:
+    """The store the `cli` fixture uses, with an accountant to run the commands as."""
+    opened = open_store(load_settings())
+    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, FIXED_TIME))
+    yield opened
+    opened.close()
+
+
+def seed(store: Store, case: Case, public_key: str, *, state: KeyState = KeyState.ACTIVE,
+         selector: str = SELECTOR, created_at: datetime = FIXED_TIME) -> None:
+    if store.get_tenant(case.tenant) is None:
+        store.save_tenant(Tenant(case.tenant, case.sender, TenantStatus.PENDING, FIXED_TIME, FIXED_TIME))
+    store.add_key(DkimKey(case.tenant, selector, state, public_key,
+                          dkimkeys.key_path(case.tenant, selector), created_at))
+
+
+def run_records(cli: Cli, monkeypatch: pytest.MonkeyPatch, case: Case, *args: str) -> CliResult:
+    if case.dmarc_rua:
+        monkeypatch.setenv("RELAY_DMARC_RUA", case.dmarc_rua)
+    return cli("records", case.tenant, *args, "--as", ACCOUNTANT)
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites it (review the diff before committing)."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    if not path.exists():
+        pytest.fail(f"golden file {path} is missing: create it with UPDATE_GOLDEN=1 pytest {__file__}")
+    assert text == path.read_text(encoding="utf-8"), f"output differs from {path}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("case_name", sorted(CASES))
+def test_golden(cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str,
+                case_name: str, fmt: str) -> None:
+    case = CASES[case_name]
+    seed(store, case, golden_public_key)
+    result = run_records(cli, monkeypatch, case, "--format", fmt)
+    assert (result.code, result.err) == (0, "")
+    assert_golden(f"{case_name}.{fmt}", result.out)
+
+
+def json_records(cli: Cli, monkeypatch: pytest.MonkeyPatch, case: Case) -> list[dict[str, object]]:
+    result = run_records(cli, monkeypatch, case, "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert isinstance(data, list)
+    return data
+
+
+@pytest.mark.parametrize("case_name", sorted(CASES))
+def test_bind_snippet_loads_and_txt_joins_to_the_value(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, case_name: str
+) -> None:
+    case = CASES[case_name]
+    seed(store, case, golden_public_key)
+    expected = json_records(cli, monkeypatch, case)
+    text = run_records(cli, monkeypatch, case, "--format", "bind").out
+    assert f"$ORIGIN {case.sender.domain}.\n" in text
+    zone = dns.zone.from_text(text, origin=case.sender.domain, relativize=False, check_origin=False)
+    found: dict[tuple[str, str], str] = {}
+    for name, rdataset in zone.iterate_rdatasets():
+        for rdata in rdataset:
+            kind = dns.rdatatype.to_text(rdataset.rdtype)
+            if kind == "TXT":
+                assert all(len(piece) <= 255 for piece in rdata.strings)
+                value = b"".join(rdata.strings).decode("utf-8")
+            else:
+                value = rdata.target.to_text(omit_final_dot=True)
+            found[(kind, name.to_text(omit_final_dot=True))] = value
+            assert rdataset.ttl == 3600
+    assert found == {(r["type"], r["name"]): r["value"] for r in expected}
+    # RFC 8301: a 2048-bit key does not fit one string, so the split is really exercised.
+    dkim = zone.find_rdataset(f"{SELECTOR}._domainkey.{case.sender.domain}.", "TXT")
+    assert len(next(iter(dkim)).strings) == 2
+
+
+@pytest.mark.parametrize("case_name", sorted(CASES))
+def test_bind_comment_says_why_and_whether_required(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, case_name: str
+) -> None:
+    case = CASES[case_name]
+    seed(store, case, golden_public_key)
+    lines = run_records(cli, monkeypatch, case, "--format", "bind").out.splitlines()
+    records = [i for i, line in enumerate(lines) if line and not line.startswith((";", "$", " "))]
+    assert len(records) == 3
+    comments = []
+    for index in records:
+        start = index
+        while lines[start - 1].startswith("; "):
+            start -= 1
+        assert start < index, f"no comment above {lines[index]!r}"
+        comments.append(" ".join(line[2:] for line in lines[start:index]))
+    assert "DKIM" in comments[0] and comments[0].endswith("Required.")
+    assert "Return path" in comments[1] and comments[1].endswith("Required.")
+    assert "never replace" in comments[2] and comments[2].endswith("Optional.")
+
+
+@pytest.mark.parametrize("case_name", sorted(CASES))
+def test_csv_parses_back_to_the_json_records(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, case_name: str
+) -> None:
+    case = CASES[case_name]
+    seed(store, case, golden_public_key)
+    expected = json_records(cli, monkeypatch, case)
+    rows = list(csv.DictReader(io.StringIO(run_records(cli, monkeypatch, case, "--format", "csv").out)))
+    assert len(rows) == len(expected)
+    for row, record in zip(rows, expected):
+        assert (row["type"], row["name"], row["value"], row["ttl"], row["purpose"]) == (
+            record["type"], record["name"], record["value"], str(record["ttl"]), record["purpose"])
+        assert row["required"] == ("true" if record["required"] else "false")
+        assert row["state"] == record.get("state", "")
+        assert f"{row['host']}.{case.sender.domain}" == row["name"]
+
+
+def test_json_shape_is_exactly_spec(cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch,
+                                    golden_public_key: str) -> None:
+    case = CASES["02-idn"]
+    seed(store, case, golden_public_key)
+    records = json_records(cli, monkeypatch, case)
+    base = {"type", "name", "value", "ttl", "purpose", "required"}
+    assert [r["purpose"] for r in records] == ["dkim", "return-path", "dmarc"]
+    dkim, return_path, dmarc = records
+    assert set(dkim) == base | {"state"} and dkim["state"] == "active"
+    assert set(return_path) == base and set(dmarc) == base
+    assert dkim == {
+        "type": "TXT", "name": f"{SELECTOR}._domainkey.{IDN_DOMAIN}",
+        "value": f"v=DKIM1; k=rsa; p={golden_public_key}", "ttl": 3600, "purpose": "dkim",
+        "required": True, "state": "active",
+    }
+    assert return_path == {"type": "CNAME", "name": f"retour.{IDN_DOMAIN}", "value": "bounces.relay.test",
+                           "ttl": 3600, "purpose": "return-path", "required": True}
+    assert dmarc == {"type": "TXT", "name": f"_dmarc.{IDN_DOMAIN}",
+                     "value": "v=DMARC1; p=none; rua=mailto:dmarc@reports.relay.test",
+                     "ttl": 3600, "purpose": "dmarc", "required": False}
+
+
+def test_json_flag_is_format_json_and_table_is_default(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str
+) -> None:
+    case = CASES["01-ascii"]
+    seed(store, case, golden_public_key)
+    assert run_records(cli, monkeypatch, case, "--json").out == \
+        run_records(cli, monkeypatch, case, "--format", "json").out
+    assert run_records(cli, monkeypatch, case).out == \
+        run_records(cli, monkeypatch, case, "--format", "table").out
+    conflict = run_records(cli, monkeypatch, case, "--json", "--format", "bind")
+    assert conflict.code == 2 and conflict.out == ""
+    assert conflict.err.count("\n") == 1 and "--format" in conflict.err
+
+
+def test_retiring_and_next_keys_are_still_published(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str
+) -> None:
+    case = CASES["01-ascii"]
+    later = FIXED_TIME.replace(hour=13)
+    seed(store, case, golden_public_key, state=KeyState.RETIRING, selector="arold",
+         created_at=FIXED_TIME.replace(hour=11))
+    seed(store, case, golden_public_key)
+    seed(store, case, golden_public_key, state=KeyState.NEXT, selector="arnext", created_at=later)
+    dkim = [r for r in json_records(cli, monkeypatch, case) if r["purpose"] == "dkim"]
+    assert [(str(r["name"]).split(".")[0], r["state"], r["required"]) for r in dkim] == [
+        ("arold", "retiring", False), (SELECTOR, "active", True), ("arnext", "next", True)]
+    bind = run_records(cli, monkeypatch, case, "--format", "bind").out
+    assert "selector arold, retiring" in bind and "remove it once the overlap is over. Optional." in bind
+    zone = dns.zone.from_text(bind, origin=case.sender.domain, check_origin=False)
+    assert {"arold._domainkey", "arnext._domainkey"} <= {n.to_text() for n in zone.nodes}
+
+
+def test_unknown_tenant_is_exit_2_in_one_line(cli: Cli, store: Store) -> None:
+    result = cli("records", "nobody", "--as", ACCOUNTANT)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.count("\n") == 1 and "'nobody'" in result.err
+
+
+@pytest.mark.parametrize("length", [0, 1, 254, 255, 256, 510, 511, 766])
+def test_split_txt_pieces_are_at_most_255_and_join_back(length: int) -> None:
+    value = "".join(chr(ord("a") + i % 26) for i in range(length))
+    pieces = split_txt(value)
+    assert "".join(pieces) == value
+    assert all(len(piece) <= 255 for piece in pieces)
+    assert len(pieces) == max(1, -(-length // 255))
+
+
+def test_split_txt_counts_octets_and_never_cuts_a_character() -> None:
+    value = "x" * 254 + "é" + "y"  # é is two octets: it cannot end the first 255-octet string
+    assert split_txt(value) == ["x" * 254, "éy"]
+
+
+def test_quoted_strings_parse_back_to_the_same_octets() -> None:
+    value = 'a "quoted" back\\slash; é ' + "z" * 300
+    text = " ".join(quote_txt(piece) for piece in split_txt(value))
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
+    assert b"".join(rdata.strings).decode("utf-8") == value  # type: ignore[attr-defined]
