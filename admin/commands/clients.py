@@ -1,10 +1,95 @@
-"""`relay-admin` command module: clients (not built yet)."""
+"""`relay-admin client add`: SMTP credentials (and optionally source networks) for an internal service."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from typing import Any
+
+from admin import inputs
+from admin.context import EXIT_OK, Context, UsageError
+from relay.credentials import hash_secret, new_secret
+from relay.models import AuditEntry, Client
+from relay.settings import Settings
+from relay.store import Store, utcnow
+
+ACTION = "client.add"
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    pass
+    client = commands.add_parser("client", help="services that send through the relay",
+                                 parents=[common])
+    actions = client.add_subparsers(dest="client_command", required=True, metavar="ACTION",
+                                    parser_class=type(client))
+    add = actions.add_parser("add", parents=[common],
+                             help="create SMTP credentials; the secret is printed once")
+    add.add_argument("name", metavar="NAME", help="client name = SMTP AUTH user")
+    scope = add.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", dest="tenants", action="extend", nargs="+", metavar="T",
+                       help="tenant(s) this client may send for (repeatable)")
+    scope.add_argument("--all-tenants", dest="all_tenants", action="store_true",
+                       help="may send for every tenant (naming it in the tenant header)")
+    add.add_argument("--network", dest="networks", action="extend", nargs="+", default=[],
+                     metavar="CIDR", help="connections from here are this client without AUTH")
+    add.set_defaults(handler=add_client)
+
+
+def overlap(new: list[str], taken: dict[str, str]) -> tuple[str, str, str] | None:
+    """Pure check: (new network, other client, its network) for the first overlap, else None.
+
+    A connection from an address in two clients' networks would have no single identity.
+    """
+    for text in new:
+        mine = ipaddress.ip_network(text)
+        for theirs_text, owner in taken.items():
+            theirs = ipaddress.ip_network(theirs_text)
+            if mine.version == theirs.version and mine.overlaps(theirs):
+                return text, owner, theirs_text
+    return None
+
+
+def _check_scope(store: Store, tenants: list[str], networks: list[str]) -> None:
+    for tenant in tenants:
+        if store.get_tenant(tenant) is None:
+            raise UsageError(f"--tenant: unknown tenant {tenant!r}")
+    taken = {n: c.name for c in store.list_clients() for n in c.networks}
+    clash = overlap(networks, taken)
+    if clash is not None:
+        mine, owner, theirs = clash
+        raise UsageError(f"--network: {mine} overlaps {theirs} of client {owner!r}")
+
+
+def _hint(settings: Settings, client: Client) -> str:
+    text = (f"hint: point the service's SMTP at {settings.listen} and authenticate (AUTH PLAIN or "
+            f"LOGIN) as user {client.name!r} with this secret")
+    if client.all_tenants or len(client.tenants) > 1:
+        text += f"; name the tenant of each message in the {settings.tenant_header} header"
+    if client.networks:
+        text += f"; connections from {', '.join(client.networks)} need no AUTH"
+    return text
+
+
+def add_client(ctx: Context, args: argparse.Namespace) -> int:
+    name = inputs.identifier(args.name, "NAME", "client name")
+    tenants = sorted({inputs.identifier(t, "--tenant", "tenant id") for t in args.tenants or []})
+    networks = sorted({inputs.network(n) for n in args.networks})
+    actor = ctx.authorize(ACTION, tenant=tenants[0] if len(tenants) == 1 else None)
+    secret = new_secret()
+    client = Client(name=name, secret_hash=hash_secret(secret), all_tenants=bool(args.all_tenants),
+                    tenants=tuple(tenants), networks=tuple(networks), created_at=utcnow())
+    scope = "all tenants" if client.all_tenants else "tenants " + ",".join(tenants)
+    with ctx.store.transaction():
+        if ctx.store.get_client(name) is not None:
+            raise UsageError(f"NAME: client {name!r} already exists")
+        _check_scope(ctx.store, tenants, networks)
+        ctx.store.add_client(client)
+        ctx.store.add_audit(AuditEntry(
+            time=client.created_at, actor=actor, action=ACTION,
+            tenant=tenants[0] if len(tenants) == 1 else None, outcome="done",
+            detail=f"added client {name!r} for {scope}; networks {','.join(networks) or 'none'}",
+        ))
+    ctx.emit({"client": name, "secret": secret},
+             f"client {name} added for {scope}\n"
+             f"secret (shown only once, store it now): {secret}\n"
+             f"{_hint(ctx.settings, client)}")
+    return EXIT_OK

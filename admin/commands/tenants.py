@@ -1,10 +1,169 @@
-"""`relay-admin` command module: tenants (not built yet)."""
+"""`relay-admin tenant set|show|list`: a tenant's sender (name, address, domain), its key and status."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from admin import inputs
+from admin.context import EXIT_OK, Context, UsageError
+from admin.tenants import TenantChange, active_key, set_tenant
+from relay.models import CheckResult, DkimKey, Sender, Tenant
+
+DEFAULT_RETURN_PATH = "bounce"
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    pass
+    tenant = commands.add_parser("tenant", help="a tenant's custom sender", parents=[common])
+    actions = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION",
+                                    parser_class=type(tenant))
+    set_ = actions.add_parser("set", parents=[common], help="create or change a tenant's sender")
+    set_.add_argument("tenant", metavar="TENANT", help="tenant id (a-z, 0-9, '.', '_', '-')")
+    set_.add_argument("--name", required=True, help="display name of the From header")
+    set_.add_argument("--email", required=True, help="sender address, in the domain or below it")
+    set_.add_argument("--domain", required=True, help="the domain the records are published in")
+    set_.add_argument("--return-path", dest="return_path", metavar="LABEL", default=None,
+                      help=f"label of the return-path host (default: kept, or {DEFAULT_RETURN_PATH})")
+    set_.set_defaults(handler=set_command)
+    show = actions.add_parser("show", parents=[common], help="a tenant's sender, status, checks")
+    show.add_argument("tenant", metavar="TENANT")
+    show.set_defaults(handler=show_command)
+    list_ = actions.add_parser("list", parents=[common], help="all tenants")
+    list_.set_defaults(handler=list_command)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def tenant_json(tenant: Tenant, key: DkimKey | None,
+                checks: list[CheckResult] | None = None) -> dict[str, Any]:
+    """The `tenant show --json` object; `tenant list --json` leaves out `checks`."""
+    s = tenant.sender
+    data: dict[str, Any] = {
+        "tenant": tenant.id,
+        "name": s.name,
+        "email": s.email,
+        "domain": s.domain,
+        "domain_unicode": inputs.unicode_domain(s.domain),
+        "return_path": s.return_path_label,
+        "return_path_host": s.return_path_host,
+        "selector": key.selector if key else None,
+        "status": str(tenant.status),
+        "created_at": _iso(tenant.created_at),
+        "updated_at": _iso(tenant.updated_at),
+        "last_validated_at": _iso(tenant.last_validated_at),
+        "verified_at": _iso(tenant.verified_at),
+    }
+    if checks is not None:
+        data["checks"] = [
+            {
+                "purpose": c.purpose, "type": c.type, "name": c.name, "status": c.status.value,
+                "expected": c.expected, "found": list(c.found), "diagnosis": c.diagnosis,
+                "checked_at": _iso(c.checked_at),
+            }
+            for c in checks
+        ]
+    return data
+
+
+def _both_forms(ascii_name: str) -> str:
+    unicode_name = inputs.unicode_domain(ascii_name)
+    return ascii_name if unicode_name == ascii_name else f"{ascii_name} ({unicode_name})"
+
+
+def tenant_text(data: dict[str, Any]) -> str:
+    local, _, host = str(data["email"]).rpartition("@")
+    rows = [
+        ("tenant", data["tenant"]),
+        ("name", data["name"]),
+        ("email", f"{local}@{_both_forms(host)}"),
+        ("domain", _both_forms(str(data["domain"]))),
+        ("return-path", data["return_path_host"]),
+        ("selector", data["selector"] or "(none)"),
+        ("status", data["status"]),
+        ("created", data["created_at"]),
+        ("updated", data["updated_at"]),
+        ("last validated", data["last_validated_at"] or "never"),
+        ("verified", data["verified_at"] or "never"),
+    ]
+    lines = [f"{label + ':':<16}{value}" for label, value in rows]
+    checks = data.get("checks")
+    if checks is not None:
+        lines.append(f"{'checks:':<16}" + ("" if checks else "none yet (run `relay-admin validate`)"))
+        for c in checks:
+            lines.append(f"  {c['purpose']:<12}{c['type']:<6}{c['status']:<9}{c['name']}")
+            if c["diagnosis"]:
+                lines.append(f"    {c['diagnosis']}")
+    return "\n".join(lines)
+
+
+def _sender_from_args(ctx: Context, tenant_id: str, args: argparse.Namespace) -> Sender:
+    """Every input check, before anything is written; field named in each message."""
+    name = inputs.display_name(args.name)
+    address = inputs.email(args.email)
+    domain = inputs.sender_domain(args.domain)
+    inputs.email_within_domain(address, domain)
+    if args.return_path is not None:
+        label = inputs.return_path_label(args.return_path)
+    else:  # an omitted label keeps the tenant's own: omitting it must not change the records
+        existing = ctx.store.get_tenant(tenant_id)
+        label = existing.sender.return_path_label if existing else DEFAULT_RETURN_PATH
+    inputs.return_path_clear_of_address(label, address, domain)
+    return Sender(name=name, email=address, domain=domain, return_path_label=label)
+
+
+def _summary(change: TenantChange) -> str:
+    tid = change.tenant.id
+    if not change.changed:
+        return f"tenant {tid} unchanged"
+    if not change.key_issued:
+        return f"tenant {tid}: name changed; key and status kept"
+    verb = "created" if change.created else "changed"
+    return (f"tenant {tid} {verb}: new DKIM key, selector {change.key.selector}, status pending\n"
+            f"next: publish `relay-admin records {tid}`, then run `relay-admin validate {tid}`")
+
+
+def set_command(ctx: Context, args: argparse.Namespace) -> int:
+    tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
+    sender = _sender_from_args(ctx, tenant_id, args)
+    actor = ctx.authorize("tenant.set", tenant=tenant_id)
+    change = set_tenant(ctx.store, Path(ctx.settings.keys_dir), tenant_id, sender, actor=actor)
+    data = tenant_json(change.tenant, change.key, ctx.store.latest_checks(tenant_id))
+    data["key_issued"] = change.key_issued
+    ctx.emit(data, _summary(change) + "\n\n" + tenant_text(data))
+    return EXIT_OK
+
+
+def show_command(ctx: Context, args: argparse.Namespace) -> int:
+    tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
+    ctx.authorize("tenant.show", tenant=tenant_id)
+    tenant = ctx.store.get_tenant(tenant_id)
+    if tenant is None:
+        raise UsageError(f"TENANT: unknown tenant {tenant_id!r}")
+    data = tenant_json(tenant, active_key(ctx.store, tenant.id), ctx.store.latest_checks(tenant.id))
+    ctx.emit(data, tenant_text(data))
+    return EXIT_OK
+
+
+def list_command(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.authorize("tenant.list")
+    items = [tenant_json(t, active_key(ctx.store, t.id)) for t in ctx.store.list_tenants()]
+    ctx.emit(items, _table(items))
+    return EXIT_OK
+
+
+def _table(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no tenants yet (add one with `relay-admin tenant set`)"
+    header = ("TENANT", "STATUS", "DOMAIN", "EMAIL", "NAME")
+    rows = [header] + [
+        (i["tenant"], i["status"], _both_forms(i["domain"]), i["email"], i["name"]) for i in items
+    ]
+    widths = [max(len(str(row[col])) for row in rows) for col in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(f"{str(v):<{w}}" for v, w in zip(row[:-1], widths)) + "  " + str(row[-1])
+        for row in rows
+    )

@@ -1,0 +1,166 @@
+"""Pure input checks for admin commands: each returns the normalised value or raises one-line `UsageError`.
+
+Every message starts with the field as the user typed it (`--email: ...`, `TENANT: ...`) and shows the
+offending value with `repr`, so control characters are escaped and the message stays on one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+
+import idna
+
+from admin.context import UsageError
+
+IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+MAX_DISPLAY_NAME = 100
+# RFC 5322 3.2.3 atext; RFC 5321 4.1.2 Dot-string is atoms of it joined by single dots.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: a path is at most 256 octets including "<" and ">"
+MAX_DOMAIN = 253  # RFC 1035 2.3.4, as text without the trailing dot
+# Longest name we publish below the domain: `<selector>._domainkey.` with a 16-character selector
+# (`ar` + YYYYMMDD + 6 hex); the domain must leave room for it (RFC 1035 2.3.4).
+_DKIM_PREFIX = len("ar20250101abcdef._domainkey.")
+# Bidi embedding/override/isolate controls (Unicode Cf) can reorder how a display name is shown;
+# the rest of Cf (ZWJ, ZWNJ) is needed by some scripts and stays allowed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _fail(field: str, problem: str) -> UsageError:
+    return UsageError(f"{field}: {problem}")
+
+
+def identifier(value: str, field: str, what: str) -> str:
+    """Tenant id, user name, client name: used in paths and logs, so a narrow alphabet."""
+    if not IDENTIFIER.fullmatch(value):
+        raise _fail(
+            field,
+            f"{value!r} is not a valid {what} (1-63 characters: a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit)",
+        )
+    return value
+
+
+def display_name(value: str, field: str = "--name") -> str:
+    """The From display name: any text without line breaks or control characters, at most 100."""
+    for char in value:
+        category = unicodedata.category(char)
+        # Cc covers CR, LF, NUL, ESC, DEL; Zl/Zp are Unicode line breaks; Cs are undecodable bytes.
+        if category in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS:
+            raise _fail(field, f"contains the control character U+{ord(char):04X}; use plain text")
+    name = value.strip()
+    if not name:
+        raise _fail(field, "must not be empty")
+    if len(name) > MAX_DISPLAY_NAME:
+        raise _fail(field, f"is {len(name)} characters long; at most {MAX_DISPLAY_NAME}")
+    return name
+
+
+def _printable(exc: Exception) -> str:
+    # Library messages may quote the input; keep only printable characters so they stay one line.
+    text = str(exc) or type(exc).__name__
+    return "".join(ch if ch.isprintable() else f"U+{ord(ch):04X}" for ch in text)
+
+
+def domain(value: str, field: str = "--domain") -> str:
+    """A host name in lower-case A-labels without trailing dot (IDNA 2008 with UTS 46 mapping)."""
+    text = value[:-1] if value.endswith(".") else value
+    if not text:
+        raise _fail(field, "must not be empty")
+    try:
+        ascii_name = idna.encode(text, uts46=True, std3_rules=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise _fail(field, f"{value!r} is not a valid domain name: {_printable(exc)}") from None
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise _fail(field, f"{value!r} needs at least two labels (like example.com)")
+    if labels[-1].isdigit():  # RFC 3696 2: a top-level domain is never all-numeric (an IP address)
+        raise _fail(field, f"{value!r} is an IP address, not a domain name")
+    if not all(_LDH_LABEL.fullmatch(label) for label in labels):
+        raise _fail(field, f"{value!r} is not a valid domain name: labels are letters, digits, '-'")
+    if len(ascii_name) > MAX_DOMAIN:
+        raise _fail(field, f"{value!r} is longer than {MAX_DOMAIN} characters")
+    return ascii_name
+
+
+def unicode_domain(ascii_name: str) -> str:
+    """An A-label domain as people read it (U-labels); the A-label form if it cannot be decoded."""
+    try:
+        return idna.decode(ascii_name)
+    except (idna.IDNAError, UnicodeError):
+        return ascii_name
+
+
+def sender_domain(value: str, field: str = "--domain") -> str:
+    """`domain` that also leaves room for the DKIM record name published below it."""
+    name = domain(value, field)
+    if len(name) + _DKIM_PREFIX > MAX_DOMAIN:
+        raise _fail(
+            field,
+            f"{value!r} is too long: the DKIM record name below it would exceed {MAX_DOMAIN} characters",
+        )
+    return name
+
+
+def email(value: str, field: str = "--email") -> str:
+    """`local@domain`: RFC 5321 dot-atom local part (ASCII, kept as typed), domain as A-labels."""
+    local, at, host = value.rpartition("@")
+    if not at or not local or not host:
+        raise _fail(field, f"{value!r} is not an e-mail address (local@domain)")
+    if not _DOT_ATOM.fullmatch(local):
+        raise _fail(
+            field,
+            f"{value!r}: the part before '@' must be ASCII letters, digits or !#$%&'*+/=?^_`{{|}}~- "
+            "in dot-separated parts (RFC 5321 4.1.2)",
+        )
+    if len(local) > MAX_LOCAL_PART:
+        raise _fail(field, f"{value!r}: the part before '@' is longer than {MAX_LOCAL_PART} characters")
+    host_ascii = domain(host, field)
+    address = f"{local}@{host_ascii}"
+    if len(address) > MAX_ADDRESS:
+        raise _fail(field, f"{value!r} is longer than {MAX_ADDRESS} characters")
+    return address
+
+
+def email_within_domain(address: str, sender_domain_: str, field: str = "--email") -> None:
+    """The address's domain is the domain itself or a name below it (SPEC.md; DMARC alignment)."""
+    host = address.rpartition("@")[2]
+    if host != sender_domain_ and not host.endswith("." + sender_domain_):
+        raise _fail(
+            field,
+            f"the address's domain {host!r} is not {sender_domain_!r} or a name below it",
+        )
+
+
+def return_path_label(value: str, field: str = "--return-path") -> str:
+    """One LDH label (RFC 1035 2.3.1) below the domain, clear of the names DKIM and DMARC use."""
+    label = value.lower()
+    if label == "_dmarc" or label.endswith("_domainkey"):
+        raise _fail(field, f"{value!r} is reserved for DMARC/DKIM records; choose another label")
+    if not _LDH_LABEL.fullmatch(label):
+        raise _fail(
+            field,
+            f"{value!r} is not a single DNS label (1-63 characters: letters, digits, '-' inside; no dots)",
+        )
+    return label
+
+
+def return_path_clear_of_address(label: str, address: str, sender_domain_: str,
+                                 field: str = "--return-path") -> None:
+    """The return-path CNAME must stand alone (RFC 1034 3.6.2), so it cannot be the mail domain."""
+    host = f"{label}.{sender_domain_}"
+    if address.rpartition("@")[2] == host:
+        raise _fail(field, f"{host!r} is the address's own domain; choose another label")
+
+
+def network(value: str, field: str = "--network") -> str:
+    """A CIDR network without host bits (`10.1.0.0/16`, `2001:db8::/48`), in canonical form."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as exc:
+        raise _fail(field, f"{_printable(exc)} (use CIDR form, e.g. 10.1.0.0/16)") from None

@@ -1,0 +1,146 @@
+"""The `tenant set` service: decide whether a sender change needs a new DKIM key, then write it all at once.
+
+A new tenant, or a changed address, domain or return-path label, gets a fresh RSA-2048 key under a new
+selector and status `pending` (its records changed, so nothing about them is verified). A name-only
+change, or the same sender again, keeps key and status. The key file is written before the store
+transaction commits and removed again if anything fails, so the store never names a missing file and
+a failure leaves neither a stray key nor half a tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from relay import dkimkeys
+from relay.models import AuditEntry, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.store import Store, utcnow
+
+# How long a replaced key stays published (RELAY_KEY_OVERLAP of the lifecycle issue, default 7d).
+DEFAULT_KEY_OVERLAP = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class TenantChange:
+    """What `set_tenant` did."""
+
+    tenant: Tenant
+    key: DkimKey  # the active key after the change
+    created: bool
+    key_issued: bool
+    changed: bool  # False when the same sender was set again
+
+
+def records_change(old: Sender, new: Sender) -> bool:
+    """Pure decision: the published records depend on address, domain and return-path, not the name."""
+    return (old.email, old.domain, old.return_path_label) != (
+        new.email, new.domain, new.return_path_label,
+    )
+
+
+def active_key(store: Store, tenant_id: str) -> DkimKey | None:
+    keys = [k for k in store.list_keys(tenant_id) if k.state is KeyState.ACTIVE]
+    return keys[-1] if keys else None
+
+
+def _describe(sender: Sender) -> str:
+    return (
+        f"name={sender.name!r} email={sender.email} domain={sender.domain} "
+        f"return-path={sender.return_path_label}"
+    )
+
+
+def set_tenant(
+    store: Store,
+    keys_dir: Path,
+    tenant_id: str,
+    sender: Sender,
+    *,
+    actor: str,
+    key_overlap: timedelta = DEFAULT_KEY_OVERLAP,
+) -> TenantChange:
+    """Create or change a tenant's sender; the store writes and the audit entry commit together."""
+    written: list[Path] = []  # a key file (and directories) to remove unless the transaction commits
+    try:
+        # The whole decision runs under the store's write lock: two concurrent `tenant set` for one
+        # tenant cannot both issue a key. Key generation (~100 ms) is short enough to hold it.
+        with store.transaction():
+            now = utcnow()
+            existing = store.get_tenant(tenant_id)
+            current = active_key(store, tenant_id)
+            if existing is not None and current is not None \
+                    and not records_change(existing.sender, sender):
+                return _keep_key(store, existing, current, sender, actor=actor, now=now)
+            return _issue_key(store, keys_dir, tenant_id, existing, sender, actor=actor, now=now,
+                              key_overlap=key_overlap, written=written)
+    except BaseException:
+        _remove_written(written)
+        raise
+
+
+def _keep_key(store: Store, existing: Tenant, key: DkimKey, sender: Sender, *, actor: str,
+              now: datetime) -> TenantChange:
+    if existing.sender == sender:
+        store.add_audit(AuditEntry(time=now, actor=actor, action="tenant.set", tenant=existing.id,
+                                   outcome="done", detail="unchanged"))
+        return TenantChange(existing, key, created=False, key_issued=False, changed=False)
+    tenant = replace(existing, sender=sender, updated_at=now)
+    store.save_tenant(tenant)
+    store.add_audit(AuditEntry(
+        time=now, actor=actor, action="tenant.set", tenant=existing.id, outcome="done",
+        detail=f"name changed from {existing.sender.name!r} to {sender.name!r}; key and status kept",
+    ))
+    return TenantChange(tenant, key, created=False, key_issued=False, changed=True)
+
+
+def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | None,
+               sender: Sender, *, actor: str, now: datetime, key_overlap: timedelta,
+               written: list[Path]) -> TenantChange:
+    private = dkimkeys.generate_private_key()
+    selector = dkimkeys.new_selector(now)
+    relative = dkimkeys.key_path(tenant_id, selector)
+    path = keys_dir / relative
+    # Innermost last, so removal can go in reverse; only directories this call creates.
+    written.extend(d for d in (keys_dir, path.parent) if not d.exists())
+    written.append(path)
+    dkimkeys.write_private_key(keys_dir, relative, private)
+    key = DkimKey(tenant=tenant_id, selector=selector, state=KeyState.ACTIVE,
+                  public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
+    tenant = _pending_tenant(tenant_id, existing, sender, now)
+    store.save_tenant(tenant)
+    for old in store.list_keys(tenant_id):
+        if old.state is not KeyState.RETIRING:
+            store.set_key_state(tenant_id, old.selector, KeyState.RETIRING, now + key_overlap)
+    store.add_key(key)
+    if existing is not None:
+        # The last validation judged the old records; they say nothing about the new ones.
+        store.save_checks(tenant_id, [])
+    detail = (f"created: {_describe(sender)}" if existing is None
+              else f"changed from {_describe(existing.sender)} to {_describe(sender)}")
+    store.add_audit(AuditEntry(time=now, actor=actor, action="tenant.set", tenant=tenant_id,
+                               outcome="done", detail=f"{detail}; new DKIM selector {selector}"))
+    return TenantChange(tenant, key, created=existing is None, key_issued=True, changed=True)
+
+
+def _pending_tenant(tenant_id: str, existing: Tenant | None, sender: Sender, now: datetime) -> Tenant:
+    return Tenant(
+        id=tenant_id,
+        sender=sender,
+        status=TenantStatus.PENDING,
+        created_at=existing.created_at if existing else now,
+        updated_at=now,
+        last_validated_at=None,
+        verified_at=None,
+    )
+
+
+def _remove_written(written: list[Path]) -> None:
+    for path in reversed(written):  # the file first, then the directories created for it
+        try:
+            if path.is_dir():
+                path.rmdir()  # only if empty: never another key
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
