@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from admin.commands import COMMAND_MODULES
-from admin.context import EXIT_USAGE, CliError, Context
+from admin.context import EXIT_STORE, EXIT_USAGE, CliError, Context
 from relay.settings import SettingsError, load_settings
 from relay.store import StoreError, open_store
 
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = open_store(settings)
     except StoreError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_STORE
     actor = getattr(args, "actor", None) or settings.admin_user or os.environ.get("RELAY_ADMIN_USER")
     context = Context(
         settings=settings, store=store, actor_name=actor,
@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except StoreError as exc:  # transaction rolled back: nothing changed
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_STORE
     finally:
         store.close()
 

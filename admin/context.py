@@ -5,6 +5,8 @@ Error tree (each is rendered as one line on stderr by `admin.cli.main`):
     CliError              exit code carried by the class
     ├── UsageError        2  bad input or usage; nothing changed
     └── PermissionDenied  3  the acting user's role may not do this; audited, nothing changed
+
+(`relay.store.StoreError` is rendered the same way with exit code 4.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ EXIT_OK = 0
 EXIT_NEGATIVE = 1  # done, but the answer is no (validate: not verified)
 EXIT_USAGE = 2
 EXIT_DENIED = 3
+EXIT_STORE = 4  # beyond SPEC: the store could not be opened or written; nothing changed
 
 BOOTSTRAP_ACTOR = "(bootstrap)"
 
@@ -68,7 +71,10 @@ class Context:
 
     def _deny(self, action: str, tenant: str | None, reason: str) -> None:
         # Every denied attempt is audited, reading ones included: a probe is worth knowing about.
-        self.audit(action, tenant=tenant, outcome="denied", detail=reason, actor=self.actor_name)
+        # The name comes from argv and may hold undecodable bytes (surrogates): store it escaped.
+        actor = (self.actor_name or BOOTSTRAP_ACTOR).encode("utf-8", "backslashreplace").decode()
+        self.audit(action, tenant=tenant, outcome="denied", detail=reason.encode(
+            "utf-8", "backslashreplace").decode(), actor=actor)
         raise PermissionDenied(f"permission denied: {reason}")
 
     def audit(

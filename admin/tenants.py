@@ -62,6 +62,7 @@ def set_tenant(
 ) -> TenantChange:
     """Create or change a tenant's sender; the store writes and the audit entry commit together."""
     written: list[Path] = []  # a key file (and directories) to remove unless the transaction commits
+    obsolete: list[Path] = []  # key files of a domain left behind: removed once the change commits
     try:
         # The whole decision runs under the store's write lock: two concurrent `tenant set` for one
         # tenant cannot both issue a key. Key generation (~100 ms) is short enough to hold it.
@@ -72,11 +73,14 @@ def set_tenant(
             if existing is not None and current is not None \
                     and not records_change(existing.sender, sender):
                 return _keep_key(store, existing, current, sender, actor=actor, now=now)
-            return _issue_key(store, keys_dir, tenant_id, existing, sender, actor=actor, now=now,
-                              key_overlap=key_overlap, written=written)
+            change = _issue_key(store, keys_dir, tenant_id, existing, sender, actor=actor, now=now,
+                                key_overlap=key_overlap, written=written, obsolete=obsolete)
     except BaseException:
         _remove_written(written)
         raise
+    for path in obsolete:
+        path.unlink(missing_ok=True)
+    return change
 
 
 def _keep_key(store: Store, existing: Tenant, key: DkimKey, sender: Sender, *, actor: str,
@@ -96,7 +100,7 @@ def _keep_key(store: Store, existing: Tenant, key: DkimKey, sender: Sender, *, a
 
 def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | None,
                sender: Sender, *, actor: str, now: datetime, key_overlap: timedelta,
-               written: list[Path]) -> TenantChange:
+               written: list[Path], obsolete: list[Path]) -> TenantChange:
     private = dkimkeys.generate_private_key()
     selector = dkimkeys.new_selector(now)
     relative = dkimkeys.key_path(tenant_id, selector)
@@ -109,8 +113,13 @@ def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | 
                   public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
     tenant = _pending_tenant(tenant_id, existing, sender, now)
     store.save_tenant(tenant)
+    moved = existing is not None and existing.sender.domain != sender.domain
     for old in store.list_keys(tenant_id):
-        if old.state is not KeyState.RETIRING:
+        if moved:
+            # Published under the old domain: nothing to keep in the new domain's records.
+            store.delete_key(tenant_id, old.selector)
+            obsolete.append(keys_dir / old.key_file)
+        elif old.state is not KeyState.RETIRING:
             store.set_key_state(tenant_id, old.selector, KeyState.RETIRING, now + key_overlap)
     store.add_key(key)
     if existing is not None:

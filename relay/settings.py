@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -218,6 +219,20 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?", name):
             raise ValueError(f"{value!r} is not a host name")
         return name
+
+    @field_validator("platform_sender")
+    @classmethod
+    def _tenant_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a tenant id")
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
     @field_validator("upstream_timeout", "session_timeout", "dns_timeout", "reload_interval", mode="before")
     @classmethod

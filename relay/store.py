@@ -59,6 +59,8 @@ class Store(Protocol):
         self, tenant_id: str, selector: str, state: KeyState, remove_after: datetime | None = None
     ) -> None: ...
 
+    def delete_key(self, tenant_id: str, selector: str) -> None: ...
+
     def add_client(self, client: Client) -> None: ...
     def get_client(self, name: str) -> Client | None: ...
     def list_clients(self) -> list[Client]: ...
@@ -166,7 +168,10 @@ class SqliteStore:
         """All writes inside commit together or not at all; nesting joins the outer transaction."""
         with self._lock:
             if self._depth == 0:
-                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"the store is not writable: {exc}") from exc
             self._depth += 1
             try:
                 yield
@@ -177,16 +182,26 @@ class SqliteStore:
                 raise
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise StoreError(f"the store could not commit: {exc}") from exc
 
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         with self.transaction():
-            self._db.execute(sql, params)
-            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+            try:
+                self._db.execute(sql, params)
+                self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+            except sqlite3.Error as exc:  # translated here, at the backend's one boundary
+                raise StoreError(f"the store refused a write: {exc}") from exc
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"the store could not be read: {exc}") from exc
 
     def generation(self) -> int:
         return int(self._rows("SELECT value FROM meta WHERE key = 'generation'")[0][0])
@@ -288,6 +303,9 @@ class SqliteStore:
             "UPDATE dkim_keys SET state = ?, remove_after = ? WHERE tenant = ? AND selector = ?",
             (state.value, _ts(remove_after), tenant_id, selector),
         )
+
+    def delete_key(self, tenant_id: str, selector: str) -> None:
+        self._write("DELETE FROM dkim_keys WHERE tenant = ? AND selector = ?", (tenant_id, selector))
 
     # clients
     def add_client(self, client: Client) -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from admin.tenants import set_tenant
 from relay.dkimkeys import public_key_b64
 from relay.models import CheckResult, CheckStatus, KeyState, Sender, TenantStatus
-from relay.store import utcnow
+from relay.store import StoreError, utcnow
 from tests.conftest import CliResult
 from tests.snapshot import (
     assert_one_line_error, build_template, open_store, restore_template, state,
@@ -149,9 +149,14 @@ def test_changed_records_give_new_key_and_pending(cli: Cli, env: Path,
         keys = {k.selector: k for k in store.list_keys("acme")}
     finally:
         store.close()
+    assert keys[str(new["selector"])].state is KeyState.ACTIVE
+    if "domain" in change:
+        # The old key was published under the old domain: it has no place in the new records.
+        assert set(keys) == {new["selector"]}
+        assert not (env / "keys" / "acme" / f"{old['selector']}.pem").exists()
+        return
     assert keys[str(old["selector"])].state is KeyState.RETIRING
     assert keys[str(old["selector"])].remove_after is not None
-    assert keys[str(new["selector"])].state is KeyState.ACTIVE
     for key in keys.values():  # the retiring key stays on disk for in-flight verification
         assert (env / "keys" / key.key_file).is_file()
 
@@ -297,7 +302,7 @@ def test_failed_store_write_leaves_no_key_file_and_no_change(env: Path, tenant_i
     store = open_store(env)
     try:
         sender = Sender(name="Acme", email="new@acme.test", domain="acme.test")
-        with pytest.raises(sqlite3.DatabaseError, match="injected failure"):
+        with pytest.raises(StoreError, match="injected failure"):
             set_tenant(store, env / "keys", tenant_id, sender, actor=OWNER)
     finally:
         store.close()

@@ -45,6 +45,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("RELAY_SESSION_TIMEOUT", "forever"),
     ("RELAY_DNS_TIMEOUT", "0s"),
     ("RELAY_RELOAD_INTERVAL", "2 weeks"),
+    ("RELAY_PLATFORM_SENDER", "Platform Sender"),
+    ("RELAY_TLS_CERT", "/nonexistent/cert.pem"),
 ]
 
 
@@ -61,8 +63,8 @@ def test_bad_value_is_one_line_naming_the_variable(
 
 
 @pytest.mark.parametrize(("variables", "named"), [
-    ({"RELAY_TLS_CERT": "/etc/cert.pem"}, ("RELAY_TLS_CERT", "RELAY_TLS_KEY")),
-    ({"RELAY_TLS_KEY": "/etc/key.pem"}, ("RELAY_TLS_CERT", "RELAY_TLS_KEY")),
+    ({"RELAY_TLS_CERT": "{dir}/cert.pem"}, ("RELAY_TLS_CERT", "RELAY_TLS_KEY")),
+    ({"RELAY_TLS_KEY": "{dir}/key.pem"}, ("RELAY_TLS_CERT", "RELAY_TLS_KEY")),
     ({"RELAY_UPSTREAM_TIMEOUT": "5m", "RELAY_SESSION_TIMEOUT": "1m"},
      ("RELAY_UPSTREAM_TIMEOUT", "RELAY_SESSION_TIMEOUT")),
 ])
@@ -71,7 +73,9 @@ def test_contradiction_names_both_variables(
     named: tuple[str, ...],
 ) -> None:
     for variable, value in variables.items():
-        monkeypatch.setenv(variable, value)
+        monkeypatch.setenv(variable, value.format(dir=relay_env))
+    (relay_env / "cert.pem").write_text("cert")
+    (relay_env / "key.pem").write_text("key")
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert all(name in str(caught.value) for name in named) and "\n" not in str(caught.value)
@@ -109,8 +113,8 @@ def test_good_values_parse(relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "RELAY_TENANT_HEADER": "X-Tenant",
         "RELAY_RETURN_PATH_TARGET": "Bounces.Relay.Test.",
         "RELAY_PLATFORM_SENDER": "platform",
-        "RELAY_TLS_CERT": "/etc/relay/cert.pem",
-        "RELAY_TLS_KEY": "/etc/relay/key.pem",
+        "RELAY_TLS_CERT": str(relay_env / "cert.pem"),
+        "RELAY_TLS_KEY": str(relay_env / "key.pem"),
         "RELAY_WORKERS": "4",
         "RELAY_DMARC_RUA": "mailto:dmarc@relay.test",
         "RELAY_UPSTREAM_TIMEOUT": "250ms",
@@ -120,6 +124,8 @@ def test_good_values_parse(relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> 
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
+    (relay_env / "cert.pem").write_text("cert")  # only readability is checked at load
+    (relay_env / "key.pem").write_text("key")
     s = load_settings()
     assert s.listen == HostPort("::1", 2526) and str(s.listen) == "[::1]:2526"
     up = s.upstream
@@ -130,7 +136,7 @@ def test_good_values_parse(relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert s.tenant_header == "X-Tenant"
     assert s.return_path_target == "bounces.relay.test"
     assert s.platform_sender == "platform" and s.workers == 4
-    assert s.tls_cert == Path("/etc/relay/cert.pem") and s.tls_key == Path("/etc/relay/key.pem")
+    assert s.tls_cert == relay_env / "cert.pem" and s.tls_key == relay_env / "key.pem"
     assert (s.upstream_timeout, s.session_timeout, s.dns_timeout, s.reload_interval) == (
         0.25, 300.0, 2.5, 3600.0)
 

@@ -132,7 +132,7 @@ def test_failing_write_rolls_back_earlier_writes_of_the_transaction(
 ) -> None:
     store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))
     before = dump_store(db_path)
-    with pytest.raises(sqlite3.IntegrityError), store.transaction():
+    with pytest.raises(StoreError), store.transaction():
         store.add_user(User(name="bob", role=Role.ADMIN, created_at=utcnow()))
         store.add_user(User(name="alice", role=Role.ADMIN, created_at=utcnow()))  # duplicate
     assert dump_store(db_path) == before
@@ -145,7 +145,7 @@ def test_client_with_unknown_parts_is_written_whole_or_not_at_all(
     client = Client(name="svc", secret_hash="scrypt$x", all_tenants=False, tenants=("a", "a"),
                     networks=(), created_at=utcnow())  # the repeated tenant violates the key
     before = dump_store(db_path)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError):
         store.add_client(client)
     assert dump_store(db_path) == before
 
