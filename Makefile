@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install deps-debian lint bench clean
+.PHONY: run test install deps-debian typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ deps-debian:
 run: $(STAMP)
 	$(BIN)/relay
 
-test: $(STAMP) deps-debian
+# mypy --strict over relay/ and admin/ (pyproject.toml), then the whole suite.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) deps-debian typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,0 +1,202 @@
+"""Who may send what: client authentication, network-bound clients, addresses, the tenant and the identity.
+
+Every function here except `Authenticator.authenticate` is a pure decision over a directory snapshot;
+the server hooks gather state and call them, and render the `ReplyError`s they raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relay.credentials import hash_secret, verify_secret
+from relay.mailbox import is_address
+from relay.message import field_name, field_value, split_header_body
+from relay.models import Client, Sender, Tenant, TenantStatus
+from relay.replies import (
+    AUTH_REQUIRED,
+    TENANT_NOT_VERIFIED,
+    Reply,
+    ReplyError,
+)
+from relay.rewrite import Identity
+
+BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax: use <local@domain>")
+SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted (RFC 5321 3.6.1): use <local@domain>")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+TENANT_MISSING = Reply(550, "5.7.1", "This client sends for several tenants: name one in the tenant header")
+TENANT_UNKNOWN = Reply(550, "5.7.1", "Unknown tenant named in the tenant header")
+TENANT_OUT_OF_SCOPE = Reply(550, "5.7.1", "Tenant not allowed for this client")
+TENANT_AMBIGUOUS = Reply(550, "5.7.1", "The tenant header appears more than once with different values")
+
+# Statuses in which a tenant's own verified sender is used. `degraded` (a later lifecycle state)
+# still sends as the tenant; everything else (pending, failed, unknown text) goes as the platform.
+SENDS_AS_ITSELF = frozenset({TenantStatus.VERIFIED.value, "degraded"})
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_allowed(ip: str, *, tls: bool) -> bool:
+    """SPEC: AUTH only over TLS, except on loopback (RFC 4954 4: no plaintext passwords on the wire)."""
+    return tls or is_loopback(ip)
+
+
+def network_client(clients: Mapping[str, Client], ip: str) -> Client | None:
+    """The client bound to the network containing `ip`; the most specific network wins."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    best: tuple[int, Client] | None = None
+    for client in clients.values():
+        for text in client.networks:
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                continue
+            if address.version == network.version and address in network:
+                if best is None or network.prefixlen > best[0]:
+                    best = (network.prefixlen, client)
+    return best[1] if best else None
+
+
+def session_client(
+    clients: Mapping[str, Client], *, ip: str, tls: bool, auth_name: str | None
+) -> Client:
+    """The client of a transaction at MAIL: by AUTH (only where AUTH is allowed), else by network."""
+    if auth_name is not None:
+        client = clients.get(auth_name)
+        if client is not None and auth_allowed(ip, tls=tls):
+            return client
+        raise ReplyError(AUTH_REQUIRED)  # deleted since AUTH, or AUTH somehow used in the clear
+    client = network_client(clients, ip)
+    if client is None:
+        raise ReplyError(AUTH_REQUIRED)
+    return client
+
+
+def _has_controls(text: str) -> bool:
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+
+
+def check_recipient(address: str) -> str:
+    """A RCPT path goes upstream verbatim only as a plain `local@domain` (RFC 5321 4.1.2 Mailbox).
+
+    The local part is a dot-string or one quoted string (`"u@x"@y`), never a mix; `%` and `!` are
+    ordinary characters that we never route on. Source routes (`@a:u@b`), address literals and
+    anything with controls are refused with 501 5.1.3.
+    """
+    if _has_controls(address) or not address.isascii():
+        raise ReplyError(BAD_ADDRESS)
+    if address.startswith("@"):
+        raise ReplyError(SOURCE_ROUTE)
+    if not is_address(address):
+        raise ReplyError(BAD_ADDRESS)
+    return address
+
+
+def check_mail_from(address: str) -> None:
+    """The client's MAIL FROM is not used upstream, but it must still be a clean path or `<>`."""
+    if address == "<>":
+        return
+    if _has_controls(address) or not address.isascii() or not is_address(address):
+        raise ReplyError(BAD_SENDER)
+
+
+def tenant_header_values(message: bytes, header: str) -> list[str]:
+    """Values of the tenant header, read from raw header lines (folded values unfolded, trimmed)."""
+    fields, _ = split_header_body(message)
+    wanted = header.lower().encode("ascii")
+    return [
+        field_value(field).decode("ascii", errors="replace").strip()
+        for field in fields
+        if field_name(field) == wanted
+    ]
+
+
+def decide_tenant(client: Client, header_values: list[str], tenants: Mapping[str, Tenant]) -> Tenant:
+    """SPEC: the credential's only tenant, or the one the tenant header names within its scope."""
+    names = set(header_values)
+    if len(names) > 1:
+        raise ReplyError(TENANT_AMBIGUOUS)
+    only = client.tenants[0] if not client.all_tenants and len(client.tenants) == 1 else None
+    wanted = names.pop() if names else only
+    if wanted is None:
+        raise ReplyError(TENANT_MISSING)
+    if not client.all_tenants and wanted not in client.tenants:
+        raise ReplyError(TENANT_OUT_OF_SCOPE)
+    tenant = tenants.get(wanted)
+    if tenant is None:
+        raise ReplyError(TENANT_UNKNOWN)
+    return tenant
+
+
+@dataclass(frozen=True)
+class SendAs:
+    """The decided identity: header From/Reply-To, whose key signs, and whose return path bounces."""
+
+    identity: Identity
+    signer_tenant: str  # the tenant whose active key signs (the platform's when sending on behalf)
+    sender: Sender  # envelope sender = sender.bounce_address; DKIM d= = sender.domain
+
+
+def decide_identity(
+    tenant: Tenant, tenants: Mapping[str, Tenant], *, platform_sender: str | None
+) -> SendAs:
+    """Verified tenant: its own sender. Otherwise the platform sender on its behalf, or 550 5.7.1."""
+    if str(tenant.status) in SENDS_AS_ITSELF:
+        identity = Identity(display_name=tenant.sender.name, address=tenant.sender.email, reply_to=None)
+        return SendAs(identity=identity, signer_tenant=tenant.id, sender=tenant.sender)
+    platform = tenants.get(platform_sender) if platform_sender else None
+    if platform is None or str(platform.status) not in SENDS_AS_ITSELF:
+        raise ReplyError(TENANT_NOT_VERIFIED)
+    identity = Identity(
+        display_name=f"{tenant.sender.name} via {platform.sender.name}",
+        address=platform.sender.email,
+        reply_to=tenant.sender.email,
+    )
+    return SendAs(identity=identity, signer_tenant=platform.id, sender=platform.sender)
+
+
+class Authenticator:
+    """AUTH PLAIN/LOGIN against the store's clients: scrypt in a thread, successes cached in memory.
+
+    The cache maps a client name to an HMAC of (name, secret) under a random per-process key, plus
+    the stored hash it was checked against: a changed secret in the store misses the cache, and the
+    cache never holds a secret or anything that would test guesses offline without the key.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._cache: dict[str, tuple[bytes, str]] = {}
+        # Unknown names still pay one scrypt, so timing does not reveal which clients exist.
+        self._dummy_hash: str | None = None
+
+    def _mac(self, name: str, secret: str) -> bytes:
+        return hmac.new(self._key, name.encode() + b"\x00" + secret.encode(), hashlib.sha256).digest()
+
+    async def authenticate(self, clients: Mapping[str, Client], name: str, secret: str) -> Client | None:
+        client = clients.get(name)
+        mac = self._mac(name, secret)
+        if client is not None:
+            cached = self._cache.get(name)
+            if cached is not None and cached[1] == client.secret_hash and hmac.compare_digest(cached[0], mac):
+                return client
+            if await asyncio.to_thread(verify_secret, secret, client.secret_hash):
+                self._cache[name] = (mac, client.secret_hash)
+                return client
+            return None
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(hash_secret, secrets.token_urlsafe(16))
+        await asyncio.to_thread(verify_secret, secret, self._dummy_hash)
+        return None

@@ -1,0 +1,355 @@
+"""aiosmtpd wiring: a small SMTP subclass and thin hooks that gather session state and call pure decisions.
+
+Deliberate departures from stock aiosmtpd (1.4.6):
+- DATA is read line by line up to each LF (relay.smtpdata): bare-LF mail is accepted and normalised,
+  end-of-data stays CRLF.CRLF, and look-alikes are refused as smuggling (550 5.5.2).
+- Paths in MAIL/RCPT reach the hooks raw, so that source routes are refused instead of silently
+  dropped by the header parser.
+- AUTH is offered only after STARTTLS, except on loopback, decided per connection.
+- Replies carry enhanced status codes (RFC 2034) wherever a hook produces them; an unhandled
+  exception is 451, never aiosmtpd's `500 Error: (ExcName) ...` (R7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import socket
+import ssl
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from relay.directory import Directory
+from relay.pipeline import Pipeline
+from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
+from relay.replies import INTERNAL_ERROR, TOO_BIG, TOO_MANY_RECIPIENTS, ReplyError
+from relay.settings import Settings
+from relay.smtpdata import DataReader
+from relay.store import Store, utcnow
+from relay.transaction import Peer, Transaction, new_transaction_id
+from relay.upstream import Upstream, make_upstream
+
+log = logging.getLogger("relay.server")
+
+# RFC 4954 4 / aiosmtpd's default: AUTH tries per session. Other commands are bounded by the
+# session timeout and aiosmtpd's bogus-command budget, not by a count.
+CALL_LIMITS = {"AUTH": 3, "NOOP": 1000, "*": 1_000_000}
+RDNS_TIMEOUT = 0.5
+
+
+class _DropLoginDataWarning(logging.Filter):
+    """aiosmtpd 1.4 warns `Session.login_data is deprecated` on every successful AUTH, itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+def quiet_aiosmtpd_log() -> None:
+    # aiosmtpd logs every command line at INFO, AUTH PLAIN's base64 credentials included.
+    logger = logging.getLogger("mail.log")
+    logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _DropLoginDataWarning) for f in logger.filters):
+        logger.addFilter(_DropLoginDataWarning())
+
+
+def peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with the relay's DATA reader, raw paths, and AUTH offered per connection."""
+
+    def __init__(self, handler: Any, *, max_size: int, **kwargs: Any) -> None:
+        super().__init__(handler, data_size_limit=None, **kwargs)
+        self._max_size = max_size
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        # RFC 4954 4: no AUTH in the clear, except on loopback where nothing crosses a wire.
+        self._auth_require_tls = not is_loopback(ip)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path between `<` and `>` as the client sent it (policy checks it); `<>` stays `<>`."""
+        text = arg.lstrip()
+        if not text.startswith("<"):
+            address, _, rest = text.partition(" ")
+            return address, rest.strip()
+        quoted = escaped = False
+        for index, char in enumerate(text[1:], start=1):
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = not quoted
+            elif char == ">" and not quoted:
+                return text[1:index] or "<>", text[index + 1:].strip()
+        return None, None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(max_size=self._max_size)
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                reader.feed_overlong(await self._reader.read(exc.consumed))
+                continue
+            except asyncio.IncompleteReadError:
+                return  # the client is gone mid-DATA: nothing was handed on (R4)
+            if reader.feed(line):
+                break
+        try:
+            content = reader.content()
+        except ReplyError as exc:
+            self.envelope = self._create_envelope()  # what aiosmtpd's _set_post_data_state does
+            await self.push(str(exc.reply))
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        await self.push(status)
+
+
+class _ReverseDns:
+    """PTR names for the Received field, cached briefly; a slow resolver costs at most RDNS_TIMEOUT."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    async def lookup(self, ip: str) -> str | None:
+        cached = self._cache.get(ip)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        name: str | None
+        try:
+            async with asyncio.timeout(RDNS_TIMEOUT):
+                name, _ = await asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD)
+        except (OSError, TimeoutError, UnicodeError):
+            name = None
+        if len(self._cache) > 1024:
+            self._cache.clear()
+        self._cache[ip] = (name, time.monotonic() + 300)
+        return name
+
+
+class Hooks:
+    """The aiosmtpd handler: each hook gathers state and calls a pure decision or the pipeline."""
+
+    def __init__(self, *, settings: Settings, directory: Directory, pipeline: Pipeline) -> None:
+        self._settings = settings
+        self._directory = directory
+        self._pipeline = pipeline
+        self._auth = Authenticator()
+        self._rdns = _ReverseDns()
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        allowed = auth_allowed(peer_ip(session), tls=session.ssl is not None)
+        lines = [line for line in responses[:-1] if allowed or not line.startswith("250-AUTH")]
+        lines += [f"250-SIZE {self._settings.max_message_size}", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        return lines
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC 4616: [authzid] NUL authcid NUL passwd, as an initial response or after a 334."""
+        blob = await self._auth_blob(server, args[1] if len(args) > 1 else None, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split the AUTH PLAIN value")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        login = await self._auth_blob(server, args[1] if len(args) > 1 else None, "User Name")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await self._auth_blob(server, None, "Password")
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def _auth_blob(self, server: SMTP, initial: str | None, challenge: str) -> bytes | None:
+        if initial is not None:
+            try:
+                return base64.b64decode(initial, validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Cannot decode base64")
+                return None
+        blob = await server.challenge_auth(challenge)  # pushes its own 501 on '*' or bad base64
+        return blob if isinstance(blob, bytes) else None
+
+    async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        assert server.session is not None
+        ip = peer_ip(server.session)
+        if not auth_allowed(ip, tls=server.session.ssl is not None):
+            return AuthResult(success=False, handled=False, message="538 5.7.11 Encryption required for AUTH")
+        try:
+            name, secret = login.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        client = await self._auth.authenticate(self._directory.current.clients, name, secret)
+        if client is None:
+            log.warning("auth failed: ip=%s user=%r", ip, name[:64])  # the user name, never the secret
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=client.name)
+
+    def _client_name(self, session: Session) -> str:
+        client = session_client(
+            self._directory.current.clients,
+            ip=peer_ip(session),
+            tls=session.ssl is not None,
+            auth_name=str(session.auth_data) if session.authenticated else None,
+        )
+        return client.name
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        try:
+            self._client_name(session)  # 530 5.7.0 for anyone who is not a client
+            check_mail_from(address)
+            for option in options:
+                name, _, value = option.partition("=")
+                if name == "SIZE" and value.isdigit() and int(value) > self._settings.max_message_size:
+                    raise ReplyError(TOO_BIG)  # RFC 1870 6.1
+        except ReplyError as exc:
+            return str(exc.reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        try:
+            check_recipient(address)
+            if len(envelope.rcpt_tos) >= self._settings.max_recipients:
+                raise ReplyError(TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10: the client sends the rest later
+        except ReplyError as exc:
+            return str(exc.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            client = self._client_name(session)
+        except ReplyError as exc:
+            return str(exc.reply)
+        ip = peer_ip(session)
+        content = envelope.content
+        assert isinstance(content, bytes) and envelope.mail_from is not None
+        rdns = await self._rdns.lookup(ip)
+        tx = Transaction(
+            id=new_transaction_id(),
+            peer=Peer(ip=ip, helo=session.host_name or "", rdns=rdns, tls=session.ssl is not None),
+            client=client,
+            authenticated=bool(session.authenticated),
+            mail_from=envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            data=content,
+            received_at=utcnow(),
+        )
+        return str(await self._pipeline.handle(tx))
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 2.0.0 OK"
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "221 2.0.0 Bye"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # R7: aiosmtpd would answer `500 Error: (ExcName) text`, a permanent bounce that leaks internals.
+        log.error("internal error in an SMTP session: %s", type(error).__name__, exc_info=error)
+        return str(INTERNAL_ERROR)
+
+
+@dataclass
+class RunningRelay:
+    """A relay serving in this event loop; `close()` stops listening, ends sessions and the reloader."""
+
+    server: asyncio.Server
+    directory: Directory
+    reloader: asyncio.Task[None]
+    sessions: weakref.WeakSet[RelaySMTP]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self.server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    async def close(self) -> None:
+        self.reloader.cancel()
+        self.server.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await self.server.wait_closed()
+
+
+async def start_relay(
+    settings: Settings, store: Store, *, sock: socket.socket | None = None, upstream: Upstream | None = None
+) -> RunningRelay:
+    """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`."""
+    quiet_aiosmtpd_log()
+    directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval)
+    await asyncio.to_thread(directory.load)
+    pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings))
+    hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline)
+    context = tls_context(settings)
+    sessions: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
+
+    def factory() -> RelaySMTP:
+        protocol = RelaySMTP(
+            hooks,
+            max_size=settings.max_message_size,
+            hostname=settings.hostname,
+            ident="ESMTP accounton-relay",
+            tls_context=context,
+            timeout=settings.session_timeout,
+            auth_require_tls=True,  # relaxed per connection for loopback in connection_made
+            command_call_limit=CALL_LIMITS,
+        )
+        sessions.add(protocol)
+        return protocol
+
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock)
+    else:
+        server = await loop.create_server(factory, settings.listen.host, settings.listen.port, reuse_address=True)
+    reloader = asyncio.create_task(directory.reload_forever())
+    return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions)
