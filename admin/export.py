@@ -6,8 +6,6 @@ Every cell is written as text: a spreadsheet must never turn a value into a form
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
@@ -20,6 +18,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from admin.export_texts import ExportTexts
 from admin.records import DnsRecord
 from admin.render import unicode_domain, zone_value
+from relay.atomicfile import write_atomically
 from relay.models import CheckResult, KeyState, Sender
 
 BULLET = "\u2022 "
@@ -184,21 +183,5 @@ def build_workbook(sender: Sender, records: Sequence[DnsRecord], checks: Sequenc
 
 def save_atomically(workbook: Workbook, target: Path) -> None:
     """Temp file in the target's directory, fsync, rename: a failure leaves no half-written file."""
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            workbook.save(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a hand-over file is an ordinary file
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    # 0666 less the umask: a hand-over file is an ordinary file, not a secret.
+    write_atomically(target, workbook.save, mode=0o666)

@@ -12,6 +12,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay.atomicfile import write_atomically
+
 KEY_BITS = 2048  # RFC 8301 3.2: signers MUST use at least 1024, SHOULD use 2048; we require 2048.
 MIN_KEY_BITS = 2048
 
@@ -49,7 +51,7 @@ def _ensure_private_dir(directory: Path) -> None:
 
 
 def write_private_key(keys_dir: Path, relative: str, key: rsa.RSAPrivateKey) -> Path:
-    """Write PKCS#8 PEM atomically: 0600 temp file in the same directory, fsync, rename."""
+    """Write PKCS#8 PEM atomically, 0600 (relay.atomicfile: temp file, fsync, rename)."""
     target = keys_dir / relative
     _ensure_private_dir(keys_dir)
     _ensure_private_dir(target.parent)
@@ -58,23 +60,7 @@ def write_private_key(keys_dir: Path, relative: str, key: rsa.RSAPrivateKey) -> 
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomically(target, pem, mode=0o600)
 
 
 def load_private_key(keys_dir: Path, relative: str) -> rsa.RSAPrivateKey:

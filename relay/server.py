@@ -8,6 +8,9 @@ Deliberate departures from stock aiosmtpd (1.4.6):
 - AUTH is offered only after STARTTLS, except on loopback, decided per connection.
 - Replies carry enhanced status codes (RFC 2034) wherever a hook produces them; an unhandled
   exception is 451, never aiosmtpd's `500 Error: (ExcName) ...` (R7).
+- Over RELAY_MAX_CONNECTIONS[_PER_IP] (relay.limits, counted per process) a connection gets
+  `421 4.7.0` instead of the greeting and is closed before any session exists.
+- An idle session is told `421 4.4.2` before it is closed; aiosmtpd would just drop it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay.directory import Directory
+from relay.limits import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ConnectionCounter
 from relay.pipeline import Pipeline
 from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
 from relay.replies import INTERNAL_ERROR, TOO_BIG, TOO_MANY_RECIPIENTS, ReplyError
@@ -72,18 +76,55 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with the relay's DATA reader, raw paths, and AUTH offered per connection."""
+    """aiosmtpd's protocol with the relay's DATA reader, raw paths, AUTH offered per connection, and
+    admission against the process's connection limits."""
 
-    def __init__(self, handler: Any, *, max_size: int, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, max_size: int, connections: ConnectionCounter, **kwargs: Any) -> None:
         super().__init__(handler, data_size_limit=None, **kwargs)
         self._max_size = max_size
+        self._connections = connections
+        self._counted_ip: str | None = None  # set while this connection holds a slot
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self._original_transport is None:  # the first call; aiosmtpd calls again after STARTTLS
+            if not self._connections.acquire(ip):
+                self._refuse(transport, ip)
+                return
+            self._counted_ip = ip
+        super().connection_made(transport)
         # RFC 4954 4: no AUTH in the clear, except on loopback where nothing crosses a wire.
         self._auth_require_tls = not is_loopback(ip)
+
+    def _refuse(self, transport: asyncio.BaseTransport, ip: str) -> None:
+        """RFC 5321 3.8: 421 in place of the greeting, then close; no session, no handler task."""
+        self._refused = True
+        log.warning("refused a connection from %s: %d open from it, %d in all",
+                    ip, self._connections.count(ip), self._connections.total)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{TOO_MANY_CONNECTIONS}\r\n".encode("ascii"))
+        transport.close()  # flushes the 421 first; no data is read from here on
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd's bookkeeping was never started for this connection
+        if self._counted_ip is not None:  # aiosmtpd may call this twice (a failed STARTTLS)
+            self._connections.release(self._counted_ip)
+            self._counted_ip = None
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's session timeout: it only closes; we first say why (RFC 5321 4.5.3.2)."""
+        transport = self.transport
+        if transport is None:
+            return
+        # Not while a TLS handshake owns the socket: plaintext there would only corrupt it.
+        if (isinstance(transport, asyncio.WriteTransport) and transport is not self._original_transport
+                and not transport.is_closing()):
+            transport.write(f"{IDLE_TIMEOUT}\r\n".encode("ascii"))
+        transport.close()  # as aiosmtpd does: connection_lost() then ends the handler and the slot
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path between `<` and `>` as the client sent it (policy checks it); `<>` stays `<>`."""
@@ -305,6 +346,7 @@ class RunningRelay:
     directory: Directory
     reloader: asyncio.Task[None]
     sessions: weakref.WeakSet[RelaySMTP]
+    connections: ConnectionCounter  # this process's open sessions, for the limits and for tests
 
     @property
     def address(self) -> tuple[str, int]:
@@ -331,11 +373,13 @@ async def start_relay(
     hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline)
     context = tls_context(settings)
     sessions: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
+    connections = ConnectionCounter(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
 
     def factory() -> RelaySMTP:
         protocol = RelaySMTP(
             hooks,
             max_size=settings.max_message_size,
+            connections=connections,
             hostname=settings.hostname,
             ident="ESMTP accounton-relay",
             tls_context=context,
@@ -352,4 +396,5 @@ async def start_relay(
     else:
         server = await loop.create_server(factory, settings.listen.host, settings.listen.port, reuse_address=True)
     reloader = asyncio.create_task(directory.reload_forever())
-    return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions)
+    return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions,
+                        connections=connections)

@@ -168,6 +168,14 @@ class Settings(BaseSettings):
     max_recipients: int = Field(default=100, ge=1, description="recipients per message")
     upstream_timeout: float = Field(default=60.0, gt=0, description="budget for one upstream exchange")
     session_timeout: float = Field(default=300.0, gt=0, description="idle/DATA timeout of a client session")
+    # Counted by each relay process on its own: RELAY_WORKERS processes admit up to N times as many.
+    max_connections: int = Field(
+        default=1000, ge=1, le=1_000_000, description="concurrent SMTP sessions per relay process"
+    )
+    max_connections_per_ip: int = Field(
+        default=100, ge=1, le=1_000_000,
+        description="concurrent SMTP sessions per client IP address per relay process (loopback too)",
+    )
     dns_timeout: float = Field(default=5.0, gt=0, description="lifetime of one DNS question")
     reload_interval: float = Field(default=2.0, gt=0, description="how often the relay looks for admin changes")
     admin_user: str | None = Field(default=None, description="acting user of relay-admin (or --as)")

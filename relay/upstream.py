@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import re
 import secrets
 import ssl
@@ -31,6 +30,7 @@ from typing import Protocol
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from relay.atomicfile import write_atomically
 from relay.replies import (
     UPSTREAM_AMBIGUOUS,
     UPSTREAM_UNAVAILABLE,
@@ -215,7 +215,7 @@ def _abort(client: aiosmtplib.SMTP) -> None:
 
 
 class Outbox:
-    """`outbox:DIR`: one `.eml` per message, written atomically (temp file, fsync, rename, fsync dir).
+    """`outbox:DIR`: one `.eml` per message, written atomically (relay.atomicfile), never over another.
 
     The envelope goes in the file itself, as the first lines, the way a delivery agent records it
     (RFC 5321 4.4): `Return-Path: <sender>` and one `X-Envelope-To: <recipient>` per recipient. They
@@ -237,23 +237,7 @@ class Outbox:
         self._directory.mkdir(parents=True, exist_ok=True)
         lines = [f"Return-Path: <{envelope.sender}>\r\n".encode()]
         lines += [f"X-Envelope-To: <{recipient}>\r\n".encode() for recipient in envelope.recipients]
-        token = secrets.token_hex(8)
-        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{token}.eml"  # sorts by time; the token makes it unique
-        temp = self._directory / f".{token}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(b"".join(lines) + message)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(temp, self._directory / name)  # fails instead of overwriting an existing name
-            temp.unlink()
-            dir_fd = os.open(self._directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(8)}.eml"  # sorts by time; unique
+        # replace=False: a name clash fails (451) instead of overwriting a message already accepted.
+        write_atomically(self._directory / name, b"".join(lines) + message, mode=0o640, replace=False)
         return name
