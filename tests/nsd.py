@@ -133,7 +133,7 @@ class Nsd:
                 answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
             except (dns.exception.Timeout, OSError):
                 continue
-            if answer.answer and answer.answer[0][0].serial == serial:  # type: ignore[attr-defined]
+            if answer.answer and answer.answer[0][0].serial == serial:
                 return
         raise RuntimeError(f"nsd did not load serial {serial} of {origin}: {self.log()}")
 
