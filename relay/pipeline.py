@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from relay.directory import Directory
 from relay.message import field_name, field_value, normalise_data, split_header_body
+from relay.models import Client
 from relay.policy import decide_identity, decide_tenant, tenant_header_values
 from relay.replies import AUTH_REQUIRED, INTERNAL_ERROR, UPSTREAM_AMBIGUOUS, Reply, ReplyError
 from relay.rewrite import rewrite_headers
@@ -50,11 +51,15 @@ class Pipeline:
         self._directory = directory
         self._upstream = upstream
 
-    async def handle(self, tx: Transaction) -> Reply:
-        """Always a reply: decisions raise `ReplyError`s; anything unexpected is 451 (R7), logged."""
+    async def handle(self, tx: Transaction, *, client: Client | None = None) -> Reply:
+        """Always a reply: decisions raise `ReplyError`s; anything unexpected is 451 (R7), logged.
+
+        `client` is the transaction's client when the caller has already resolved it (send-test's
+        synthetic one); by default it is looked up in the current snapshot by `tx.client`.
+        """
         facts = _Facts(size=len(tx.data))
         try:
-            reply = await self._relay(tx, facts)
+            reply = await self._relay(tx, facts, client)
         except ReplyError as exc:
             reply = exc.reply
         except Exception:
@@ -67,10 +72,13 @@ class Pipeline:
         )
         return reply
 
-    async def _relay(self, tx: Transaction, facts: _Facts) -> Reply:
+    async def _relay(self, tx: Transaction, facts: _Facts, client: Client | None) -> Reply:
         snapshot = self._directory.current
         data = normalise_data(tx.data)
-        client = snapshot.clients.get(tx.client)
+        if client is None:
+            client = snapshot.clients.get(tx.client)
+        elif client.name != tx.client:  # the log line names tx.client: it must be the deciding client
+            raise ValueError(f"client {client.name!r} handed in for a transaction of {tx.client!r}")
         if client is None:  # removed from the store since the session began
             raise ReplyError(AUTH_REQUIRED)
         tenant = decide_tenant(client, tenant_header_values(data, self._settings.tenant_header), snapshot.tenants)
