@@ -1,11 +1,16 @@
 """DATA as it arrives on the wire: end-of-data, dot-unstuffing, bare-LF lines, smuggling, size and line limits.
 
 aiosmtpd splits DATA on CRLF only, so a legacy client sending bare-LF lines gets `500 Line too long`
-once the message passes ~1,000 bytes. Like Postfix, we accept such mail and normalise it: the server
-reads lines up to each LF and feeds them here. The end of data stays strictly CRLF "." CRLF
-(RFC 5321 4.1.1.4); every other dot alone between line breaks of any kind (`\\n.\\n`, `\\r\\n.\\r`,
-`\\n.\\r\\n`, ...) is an end-of-data look-alike that other servers may honour: the message is read to
-its real end and refused with 550 5.5.2 (SMTP smuggling), never forwarded.
+once the message passes ~1,000 bytes. Like Postfix, we accept such mail and normalise it. The end of
+data stays strictly CRLF "." CRLF (RFC 5321 4.1.1.4); every other dot alone between line breaks of any
+kind (`\\n.\\n`, `\\r\\n.\\r`, `\\n.\\r\\n`, ...) is an end-of-data look-alike that other servers may
+honour: the message is read to its real end and refused with 550 5.5.2 (SMTP smuggling), never forwarded.
+
+`read_data` reads in blocks up to the real end, never past it (what follows is the client's next
+command, RFC 2920), and `message_from` judges the bytes at once: CRLF-only data within the size limit
+is unstuffed with bytes operations; anything else goes line by line through `DataReader`, whose rules
+are the reference (a line is what ends at an LF; lines longer than the stream reader's limit count
+as read in pieces, never checked for smuggling).
 
 The output keeps the client's bare CRs inside lines (for `relay.message.normalise_data` to judge) and
 ends every line read up to an LF with CRLF.
@@ -13,14 +18,19 @@ ends every line read up to an LF with CRLF.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
-from relay.message import MAX_LINE
+from relay.message import CRLF, MAX_LINE
 from relay.replies import SMUGGLING, TOO_BIG, Reply, ReplyError
 
 LINE_TOO_LONG = Reply(550, "5.6.0", "Line too long: at most 998 characters per line (RFC 5322 2.1.1)")
 
 _BREAKS = re.compile(rb"\r\n|\r|\n")
+END = b"\r\n.\r\n"
+# aiosmtpd's SMTP.line_length_limit, the limit of its StreamReader: a line longer than this plus its
+# LF could only be read in pieces (LimitOverrunError), and counts as such (see DataReader.feed_overlong).
+STREAM_LIMIT = 1001
 
 
 class DataReader:
@@ -65,6 +75,10 @@ class DataReader:
         if self._error is None:
             self._fail(LINE_TOO_LONG)
 
+    def skip(self, size: int) -> None:
+        """Count bytes that were read but not kept (past the size limit)."""
+        self._count(size)
+
     def content(self) -> bytes:
         """The dot-unstuffed message, or the reply that refuses it (raised as `ReplyError`)."""
         if self._error is not None:
@@ -86,3 +100,84 @@ class DataReader:
         # of this line, after the previous line's break) is a look-alike. The real end was handled
         # in feed(); any other "." line must have been dot-stuffed to "..".
         return b"." in _BREAKS.split(line)
+
+
+async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> bytes:
+    """Read DATA through its final CRLF.CRLF and return the unstuffed message, or raise `ReplyError`
+    (only after reading to the end, so that nothing of the message is ever run as a command).
+
+    The client leaving mid-DATA raises `asyncio.IncompleteReadError` (nothing is handed on, R4). Past
+    `max_size` the bytes are counted, not kept.
+    """
+    # The CRLF that ended the DATA command is the first CRLF of an end that comes at once (an empty
+    # message). readuntil(END) never reads past an end, but cannot see one that began in bytes
+    # already taken: while those end in a proper prefix of END (`pending` bytes of it), read on with
+    # care. After a CR, readuntil(LF "." CRLF) (what every end ends with) finds it too; after CRLF,
+    # CRLF "." or CRLF "." CR, one byte at a time (a line rarely starts with a dot: back to blocks).
+    # A LimitOverrunError of readuntil(END) leaves 4 bytes unread: no end can straddle its pieces.
+    kept: list[bytes] = []
+    size = 0  # bytes read after the 354
+    tail = CRLF  # the last bytes read, the DATA command's CRLF first
+    pending = 2
+    while True:
+        if pending > 1:
+            piece = await stream.readexactly(1)
+        else:
+            try:
+                piece = await stream.readuntil(END[pending:])
+            except asyncio.LimitOverrunError as exc:
+                piece = await stream.read(exc.consumed)
+        if size <= max_size:
+            kept.append(piece)
+        size += len(piece)
+        tail = (tail + piece)[-len(END):] if len(piece) < len(END) else piece[-len(END):]
+        if tail == END:
+            break
+        if pending:  # once reading in blocks up to END, nothing is pending again (see above)
+            pending = _pending(tail)
+    data = b"".join(kept)[: size - 3]  # without the final "." CRLF; cut already when over the limit
+    return message_from(data, size=size - 3, max_size=max_size)
+
+
+def _pending(tail: bytes) -> int:
+    """The length of the longest end of `tail` that begins END (CR, CRLF, CRLF ".", CRLF "." CR), or 0."""
+    for length in (4, 3, 2, 1):
+        if tail.endswith(END[:length]):
+            return length
+    return 0
+
+
+def message_from(data: bytes, *, size: int, max_size: int) -> bytes:
+    """The message from the raw bytes between the 354 and the final "." CRLF, or `ReplyError`.
+
+    `size` is how many there were; `data` holds them all, or at least those up to `max_size` + 1.
+    """
+    if size > max_size:
+        return _line_by_line(data, size=size, max_size=max_size)
+    lines = data.split(CRLF)
+    rest = b"".join(lines)
+    if b"\r" in rest or b"\n" in rest:  # a bare CR or LF somewhere
+        return _line_by_line(data, size=size, max_size=max_size)
+    # CRLF only: no line can be a look-alike (a lone "." line would have been the end), and every
+    # line's first dot is the transparency dot of RFC 5321 4.5.2, so DataReader would do just this.
+    if max(map(len, lines)) > MAX_LINE and any(len(line) - line.startswith(b".") > MAX_LINE for line in lines):
+        raise ReplyError(LINE_TOO_LONG)
+    message = data.replace(b"\r\n.", CRLF)
+    return message[1:] if message.startswith(b".") else message
+
+
+def _line_by_line(data: bytes, *, size: int, max_size: int) -> bytes:
+    reader = DataReader(max_size=max_size)
+    lines = data.split(b"\n")
+    fed = 0
+    for line in lines[:-1]:  # the last is empty, or the part of a line past the size limit
+        line += b"\n"
+        if len(line) > STREAM_LIMIT + 1:
+            reader.feed_overlong(line[:-1])
+            ended = reader.feed(b"\n")
+        else:
+            ended = reader.feed(line)
+        assert not ended, "the end of data was found where read_data found none"
+        fed += len(line)
+    reader.skip(size - fed)
+    return reader.content()

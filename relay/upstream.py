@@ -31,6 +31,7 @@ import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from relay.atomicfile import write_atomically
+from relay.message import CRLF
 from relay.replies import (
     UPSTREAM_AMBIGUOUS,
     UPSTREAM_UNAVAILABLE,
@@ -44,7 +45,6 @@ from relay.settings import Upstream as UpstreamSetting
 log = logging.getLogger("relay.upstream")
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 TLS_REQUIRED_MISSING = Reply(451, "4.7.5", "Upstream does not offer STARTTLS; try again later")
 
 
@@ -193,8 +193,18 @@ class _Progress:
 
 
 def _dot_stuffed(message: bytes) -> bytes:
-    """RFC 5321 4.5.2 transparency and the final dot; line endings are already CRLF (we signed them)."""
-    return _DOT_AT_LINE_START.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    """RFC 5321 4.5.2 transparency and the final dot, on the lines aiosmtplib would send.
+
+    The pipeline hands over signed messages, CRLF-only (the signer refuses anything else), so
+    bytes.replace does it; any other message gets aiosmtplib's normalisation of bare CR and LF first.
+    """
+    crlf = message.count(CRLF)
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        message = normalize_message_line_endings(message)
+    elif not message.endswith(CRLF):
+        message += CRLF
+    stuffed = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 async def _quit_politely(client: aiosmtplib.SMTP) -> None:
