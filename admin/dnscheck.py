@@ -260,14 +260,14 @@ class DnsClient:
                 qname, resolver=self._system(), lifetime=self.timeout
             )
         except dns.exception.DNSException as exc:
-            raise _NoServers(f"could not find the zone of {_text_name(qname)}: {exc}") from exc
+            raise _NoServers(f"could not find the zone of {_text_name(qname)}: {_plain(exc)}") from exc
 
     async def _zone_servers(self, zone: dns.name.Name) -> dns.asyncresolver.Resolver:
         system = self._system()
         try:
             ns = await system.resolve(zone, "NS", search=False)
         except dns.exception.DNSException as exc:
-            raise _NoServers(f"could not find the name servers of {_text_name(zone)}: {exc}") from exc
+            raise _NoServers(f"could not find the name servers of {_text_name(zone)}: {_plain(exc)}") from exc
         hosts = [rdata.target for rdata in ns]
         lookups = [system.resolve(h, t, search=False) for h in hosts for t in ("A", "AAAA")]
         addresses: list[str] = []
@@ -279,6 +279,20 @@ class DnsClient:
         if not addresses:
             raise _NoServers(f"no address for the name servers of {_text_name(zone)}")
         return self._resolver(HostPort(a, self._port) for a in dict.fromkeys(addresses))
+
+
+def _plain(exc: dns.exception.DNSException) -> str:
+    """dnspython's words for a failed look-up of the domain's servers, in words a customer's IT reads."""
+    if isinstance(exc, dns.resolver.NoRootSOA):
+        return ("no DNS zone exists for it up to the root: the domain is not registered or not "
+                "delegated (check the spelling), or this machine's resolver cannot reach the internet")
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        return "the name does not exist in DNS"
+    if isinstance(exc, dns.resolver.LifetimeTimeout):
+        return "the resolver did not answer in time"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "every name server failed to answer (SERVFAIL or REFUSED)"
+    return str(exc)
 
 
 async def _once(
