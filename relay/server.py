@@ -22,7 +22,6 @@ import inspect
 import logging
 import socket
 import ssl
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from relay.directory import Directory
 from relay.limits import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ConnectionCounter
 from relay.pipeline import Pipeline
+from relay.rdns import ReverseDns
 from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
 from relay.replies import INTERNAL_ERROR, TOO_BIG, TOO_MANY_RECIPIENTS, ReplyError
 from relay.settings import Settings
@@ -46,7 +46,6 @@ log = logging.getLogger("relay.server")
 # RFC 4954 4 / aiosmtpd's default: AUTH tries per session. Other commands are bounded by the
 # session timeout and aiosmtpd's bogus-command budget, not by a count.
 CALL_LIMITS = {"AUTH": 3, "NOOP": 1000, "*": 1_000_000}
-RDNS_TIMEOUT = 0.5
 
 
 class _DropLoginDataWarning(logging.Filter):
@@ -186,28 +185,6 @@ class RelaySMTP(SMTP):
         await self.push(status)
 
 
-class _ReverseDns:
-    """PTR names for the Received field, cached briefly; a slow resolver costs at most RDNS_TIMEOUT."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[str | None, float]] = {}
-
-    async def lookup(self, ip: str) -> str | None:
-        cached = self._cache.get(ip)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        name: str | None
-        try:
-            async with asyncio.timeout(RDNS_TIMEOUT):
-                name, _ = await asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD)
-        except (OSError, TimeoutError, UnicodeError):
-            name = None
-        if len(self._cache) > 1024:
-            self._cache.clear()
-        self._cache[ip] = (name, time.monotonic() + 300)
-        return name
-
-
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -221,12 +198,12 @@ def _signature_once(function: _F) -> _F:
 class Hooks:
     """The aiosmtpd handler: each hook gathers state and calls a pure decision or the pipeline."""
 
-    def __init__(self, *, settings: Settings, directory: Directory, pipeline: Pipeline) -> None:
+    def __init__(self, *, settings: Settings, directory: Directory, pipeline: Pipeline, rdns: ReverseDns) -> None:
         self._settings = settings
         self._directory = directory
         self._pipeline = pipeline
         self._auth = Authenticator()
-        self._rdns = _ReverseDns()
+        self._rdns = rdns
 
     @_signature_once
     async def handle_EHLO(
@@ -366,6 +343,8 @@ class RunningRelay:
     reloader: asyncio.Task[None]
     sessions: weakref.WeakSet[RelaySMTP]
     connections: ConnectionCounter  # this process's open sessions, for the limits and for tests
+    pipeline: Pipeline  # its tenant gate and signing threads
+    rdns: ReverseDns
 
     @property
     def address(self) -> tuple[str, int]:
@@ -379,6 +358,8 @@ class RunningRelay:
             if session.transport is not None:
                 session.transport.close()
         await self.server.wait_closed()
+        self.pipeline.close()
+        self.rdns.close()
 
 
 async def start_relay(
@@ -389,7 +370,8 @@ async def start_relay(
     directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval)
     await asyncio.to_thread(directory.load)
     pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings))
-    hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline)
+    rdns = ReverseDns()
+    hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline, rdns=rdns)
     context = tls_context(settings)
     sessions: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
     connections = ConnectionCounter(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
@@ -416,4 +398,4 @@ async def start_relay(
         server = await loop.create_server(factory, settings.listen.host, settings.listen.port, reuse_address=True)
     reloader = asyncio.create_task(directory.reload_forever())
     return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions,
-                        connections=connections)
+                        connections=connections, pipeline=pipeline, rdns=rdns)

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         default=100, ge=1, le=1_000_000,
         description="concurrent SMTP sessions per client IP address per relay process (loopback too)",
     )
+    # Per relay process too: RELAY_WORKERS processes let a tenant have up to N times as many in flight.
+    max_inflight_per_tenant: int = Field(
+        default=4, ge=1, le=10_000,
+        description="transactions of one tenant being signed or delivered at once per relay process; "
+                    "others wait their turn, beyond RELAY_UPSTREAM_TIMEOUT 451 4.7.0",
+    )
     dns_timeout: float = Field(default=5.0, gt=0, description="lifetime of one DNS question")
     reload_interval: float = Field(default=2.0, gt=0, description="how often the relay looks for admin changes")
     admin_user: str | None = Field(default=None, description="acting user of relay-admin (or --as)")
