@@ -7,11 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from relay.replies import Reply, ReplyError
+from relay.replies import TENANT_BUSY, ReplyError
 from relay.settings import Settings
-
-# RFC 3463 4.7.0: a transient policy condition; RFC 5321 4.2.1: the client retries later.
-TENANT_BUSY = Reply(451, "4.7.0", "Too many messages in flight for this tenant; try again later")
 
 
 def gate_wait_budget(settings: Settings) -> float:

@@ -9,13 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from relay.replies import Reply
-
-# RFC 5321 3.8: a server that cannot serve a connection now answers 421 instead of the greeting and
-# closes; 4.7.0 (RFC 3463, security or policy status) as Postfix's anvil limits say it.
-TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-# RFC 5321 4.5.3.2: the server may end a session that stays idle; 421 tells the client to retry later.
-IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 
 
 def admits(*, total: int, from_ip: int, max_total: int, max_per_ip: int) -> bool:

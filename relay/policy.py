@@ -7,6 +7,7 @@ the server hooks gather state and call them, and render the `ReplyError`s they r
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -20,19 +21,18 @@ from relay.message import field_name, field_value, split_header_body
 from relay.models import Client, Sender, Tenant, TenantStatus
 from relay.replies import (
     AUTH_REQUIRED,
+    BAD_ADDRESS,
+    BAD_SENDER,
+    SOURCE_ROUTE,
+    TENANT_AMBIGUOUS,
+    TENANT_MISSING,
     TENANT_NOT_VERIFIED,
-    Reply,
+    TENANT_OUT_OF_SCOPE,
+    TENANT_UNKNOWN,
     ReplyError,
 )
 from relay.rewrite import Identity
 
-BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax: use <local@domain>")
-SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted (RFC 5321 3.6.1): use <local@domain>")
-BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
-TENANT_MISSING = Reply(550, "5.7.1", "This client sends for several tenants: name one in the tenant header")
-TENANT_UNKNOWN = Reply(550, "5.7.1", "Unknown tenant named in the tenant header")
-TENANT_OUT_OF_SCOPE = Reply(550, "5.7.1", "Tenant not allowed for this client")
-TENANT_AMBIGUOUS = Reply(550, "5.7.1", "The tenant header appears more than once with different values")
 
 # Statuses in which a tenant's own verified sender is used. `degraded` (a later lifecycle state)
 # still sends as the tenant; everything else (pending, failed, unknown text) goes as the platform.
@@ -51,6 +51,15 @@ def auth_allowed(ip: str, *, tls: bool) -> bool:
     return tls or is_loopback(ip)
 
 
+@functools.lru_cache(maxsize=4096)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A client's network, parsed once: this is asked at every MAIL and DATA of a network client."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
 def network_client(clients: Mapping[str, Client], ip: str) -> Client | None:
     """The client bound to the network containing `ip`; the most specific network wins."""
     try:
@@ -60,9 +69,8 @@ def network_client(clients: Mapping[str, Client], ip: str) -> Client | None:
     best: tuple[int, Client] | None = None
     for client in clients.values():
         for text in client.networks:
-            try:
-                network = ipaddress.ip_network(text, strict=False)
-            except ValueError:
+            network = _network(text)
+            if network is None:
                 continue
             if address.version == network.version and address in network:
                 if best is None or network.prefixlen > best[0]:

@@ -39,19 +39,39 @@ class UpstreamReplyError(ReplyError):
     """Upstream refused; `reply` is what the client gets (upstream's class and enhanced code)."""
 
 
-OK_QUEUED = Reply(250, "2.0.0", "OK: accepted by upstream")
+# Every reply the relay itself gives lives here, grouped by where it is decided.
+
+# Sessions and limits (relay.server, relay.limits)
+# RFC 5321 3.8: a server that cannot serve a connection now answers 421 instead of the greeting and
+# closes; 4.7.0 (RFC 3463, security or policy status) as Postfix's anvil limits say it.
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+# RFC 5321 4.5.3.2: the server may end a session that stays idle; 421 tells the client to retry later.
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
-RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
-TENANT_UNKNOWN = Reply(550, "5.7.1", "Tenant unknown or not allowed for this client")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+
+# Addresses and the tenant (relay.policy)
+BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax: use <local@domain>")
+SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted (RFC 5321 3.6.1): use <local@domain>")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+TENANT_MISSING = Reply(550, "5.7.1", "This client sends for several tenants: name one in the tenant header")
+TENANT_UNKNOWN = Reply(550, "5.7.1", "Unknown tenant named in the tenant header")
+TENANT_OUT_OF_SCOPE = Reply(550, "5.7.1", "Tenant not allowed for this client")
+TENANT_AMBIGUOUS = Reply(550, "5.7.1", "The tenant header appears more than once with different values")
 TENANT_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified and no platform sender configured")
+# RFC 3463 4.7.0: a transient policy condition; RFC 5321 4.2.1: the client retries later (relay.fairness).
+TENANT_BUSY = Reply(451, "4.7.0", "Too many messages in flight for this tenant; try again later")
+
+# The message itself (relay.smtpdata, relay.message, relay.rewrite)
 SMUGGLING = Reply(550, "5.5.2", "Bare CR or LF around a dot: possible SMTP smuggling, message refused")
 NUL_BYTES = Reply(550, "5.6.0", "NUL characters are not allowed in messages")
 BAD_HEADER = Reply(550, "5.6.0", "Malformed header line")
+LINE_TOO_LONG = Reply(550, "5.6.0", "Line too long: at most 998 characters per line (RFC 5322 2.1.1)")
 TOO_BIG = Reply(552, "5.3.4", "Message too big")
-TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+
+# Signing and delivery (relay.signer, relay.upstream, relay.pipeline)
 KEY_UNAVAILABLE = Reply(451, "4.3.5", "Signing key unavailable for this sender; try again later")
 UPSTREAM_UNAVAILABLE = Reply(451, "4.4.1", "Upstream unavailable; try again later")
 UPSTREAM_AMBIGUOUS = Reply(451, "4.4.2", "Upstream did not confirm delivery; try again later")
+TLS_REQUIRED_MISSING = Reply(451, "4.7.5", "Upstream does not offer STARTTLS; try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error; try again later")
-SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")

@@ -30,11 +30,18 @@ from typing import Any, ClassVar, TypeVar
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay.directory import Directory
-from relay.limits import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ConnectionCounter
+from relay.limits import ConnectionCounter
 from relay.pipeline import Pipeline
 from relay.rdns import ReverseDns
 from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
-from relay.replies import INTERNAL_ERROR, TOO_BIG, TOO_MANY_RECIPIENTS, ReplyError
+from relay.replies import (
+    IDLE_TIMEOUT,
+    INTERNAL_ERROR,
+    TOO_BIG,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_RECIPIENTS,
+    ReplyError,
+)
 from relay.settings import Settings
 from relay.smtpdata import read_data
 from relay.store import Store, utcnow

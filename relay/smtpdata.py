@@ -22,9 +22,7 @@ import asyncio
 import re
 
 from relay.message import CRLF, MAX_LINE
-from relay.replies import SMUGGLING, TOO_BIG, Reply, ReplyError
-
-LINE_TOO_LONG = Reply(550, "5.6.0", "Line too long: at most 998 characters per line (RFC 5322 2.1.1)")
+from relay.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
 
 _BREAKS = re.compile(rb"\r\n|\r|\n")
 END = b"\r\n.\r\n"

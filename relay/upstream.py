@@ -33,6 +33,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from relay.atomicfile import write_atomically
 from relay.message import CRLF
 from relay.replies import (
+    TLS_REQUIRED_MISSING,
     UPSTREAM_AMBIGUOUS,
     UPSTREAM_UNAVAILABLE,
     Reply,
@@ -45,7 +46,6 @@ from relay.settings import Upstream as UpstreamSetting
 log = logging.getLogger("relay.upstream")
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-TLS_REQUIRED_MISSING = Reply(451, "4.7.5", "Upstream does not offer STARTTLS; try again later")
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,13 @@ def _abort(client: aiosmtplib.SMTP) -> None:
     client.close()
 
 
+@dataclass(frozen=True)
+class OutboxReply(Reply):
+    """The outbox's 250, carrying the file it wrote (send-test reports it; clients see only the text)."""
+
+    path: Path = Path()
+
+
 class Outbox:
     """`outbox:DIR`: one `.eml` per message, written atomically (relay.atomicfile), never over another.
 
@@ -241,7 +248,7 @@ class Outbox:
         except OSError as exc:
             log.error("outbox %s: cannot write: %s", self._directory, exc.strerror)
             raise ReplyError(UPSTREAM_UNAVAILABLE) from None
-        return Reply(250, "2.0.0", f"OK: written to the outbox as {name}")
+        return OutboxReply(250, "2.0.0", f"OK: written to the outbox as {name}", path=self._directory / name)
 
     def _write(self, envelope: Envelope, message: bytes) -> str:
         self._directory.mkdir(parents=True, exist_ok=True)

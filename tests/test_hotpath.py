@@ -22,7 +22,8 @@ from relay.models import TenantStatus
 from relay.replies import SMUGGLING, TOO_BIG, Reply, ReplyError
 from relay.server import CALL_LIMITS, Hooks, RelaySMTP, RunningRelay
 from relay.settings import Settings
-from relay.smtpdata import END, LINE_TOO_LONG, STREAM_LIMIT, DataReader, read_data
+from relay.replies import LINE_TOO_LONG
+from relay.smtpdata import END, STREAM_LIMIT, DataReader, read_data
 from relay.store import SqliteStore
 from relay.upstream import _dot_stuffed
 from tests.factories import make_tenant

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
-from relay.fairness import TENANT_BUSY, TenantGate, gate_wait_budget
+from relay.fairness import TenantGate, gate_wait_budget
+from relay.replies import TENANT_BUSY
 from relay.models import TenantStatus
 from relay.rdns import ReverseDns
 from relay.replies import Reply, ReplyError

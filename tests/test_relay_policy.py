@@ -21,7 +21,8 @@ from relay.policy import (
     tenant_header_values,
 )
 from relay.replies import SMUGGLING, TENANT_NOT_VERIFIED, TOO_BIG, ReplyError
-from relay.smtpdata import LINE_TOO_LONG, DataReader
+from relay.replies import LINE_TOO_LONG
+from relay.smtpdata import DataReader
 from relay.transaction import Peer, Transaction, received_field
 from relay.upstream import upstream_reply
 

@@ -22,7 +22,8 @@ from admin.sendtest import SEND_TEST_CLIENT, synthetic_client
 from relay.directory import Directory
 from relay.models import DkimKey, Role, Tenant, TenantStatus, User
 from relay.pipeline import Pipeline
-from relay.policy import TENANT_OUT_OF_SCOPE, decide_tenant
+from relay.policy import decide_tenant
+from relay.replies import TENANT_OUT_OF_SCOPE
 from relay.replies import INTERNAL_ERROR, ReplyError
 from relay.store import SqliteStore, utcnow
 from relay.transaction import Peer, Transaction
