@@ -17,7 +17,8 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from admin.export_texts import ExportTexts
 from admin.records import DnsRecord
-from admin.render import unicode_domain, zone_value
+from admin.inputs import unicode_domain
+from admin.render import zone_value
 from relay.atomicfile import write_atomically
 from relay.models import CheckResult, KeyState, Sender
 

@@ -91,8 +91,8 @@ def domain(value: str, field: str = "--domain") -> str:
 def unicode_domain(ascii_name: str) -> str:
     """An A-label domain as people read it (U-labels); the A-label form if it cannot be decoded."""
     try:
-        return idna.decode(ascii_name)
-    except (idna.IDNAError, UnicodeError):
+        return str(idna.decode(ascii_name))
+    except ValueError:  # idna.IDNAError and UnicodeError are both ValueErrors
         return ascii_name
 
 

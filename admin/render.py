@@ -8,8 +8,7 @@ import json
 import textwrap
 from collections.abc import Sequence
 
-import idna
-
+from admin.inputs import unicode_domain
 from admin.records import DnsRecord
 from relay.models import KeyState
 
@@ -21,14 +20,6 @@ TXT_CHUNK = 255
 COMMENT_WIDTH = 100
 
 CSV_FIELDS = ("type", "name", "host", "value", "ttl", "purpose", "required", "state")
-
-
-def unicode_domain(domain: str) -> str:
-    """The U-label form of an A-label domain, for people; the domain itself when it cannot decode."""
-    try:
-        return str(idna.decode(domain))
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return domain
 
 
 def domain_label(domain: str) -> str:

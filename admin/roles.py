@@ -21,9 +21,6 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit": _EVERYONE,
 }
 
-# Actions that change state: these are audited when done and when denied.
-CHANGING = frozenset({"user.add", "tenant.set", "validate", "client.add", "send-test"})
-
 
 def may(role: Role, action: str) -> bool:
     return role in PERMISSIONS[action]

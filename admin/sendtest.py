@@ -26,6 +26,7 @@ from typing import Any
 
 from admin import inputs
 from admin.context import UsageError
+from admin.taglist import TagListError, parse_tag_list
 from relay.directory import Directory, Snapshot
 from relay.mailbox import mailbox_field
 from relay.message import field_name, field_value, split_header_body
@@ -36,7 +37,7 @@ from relay.replies import Reply, ReplyError
 from relay.settings import Settings
 from relay.store import Store, utcnow
 from relay.transaction import Peer, Transaction, new_transaction_id
-from relay.upstream import Envelope, Upstream, make_upstream
+from relay.upstream import Envelope, OutboxReply, Upstream, make_upstream
 
 # ':' cannot occur in a real client's name (admin.inputs.identifier), so this never names one.
 SEND_TEST_CLIENT = "relay-admin:send-test"
@@ -154,19 +155,12 @@ def _offered(envelope: Envelope, message: bytes) -> Offered:
         from_ = " ".join(values.get(b"from", []))
     signature = None
     for value in values.get(b"dkim-signature", [])[:1]:
-        tags = {k.strip(): re.sub(r"\s+", "", v) for k, _, v in (t.partition("=") for t in value.split(";"))}
+        try:
+            tags = dict(parse_tag_list(value))
+        except TagListError:  # not expected of the relay's own signer; report what can be read
+            tags = {}
         signature = Signing(tags.get("d", ""), tags.get("s", ""))
     return Offered(from_=from_, envelope_from=envelope.sender, signature=signature)
-
-
-def _outbox_file(settings: Settings, reply: Reply) -> Path | None:
-    """The `.eml` the outbox wrote, named at the end of its reply (`... written to the outbox as NAME`)."""
-    directory = settings.upstream.outbox_dir
-    if settings.upstream.scheme != "outbox" or directory is None or reply.code != 250:
-        return None
-    name = reply.text.rpartition(" as ")[2]
-    path = directory / name
-    return path.absolute() if name.endswith(".eml") and "/" not in name and path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -221,4 +215,5 @@ async def run_send_test(settings: Settings, store: Store, tenant_id: str, to: st
     if upstream.envelope is not None and upstream.message is not None:
         offered = _offered(upstream.envelope, upstream.message)
     return SendTestReport(tenant=tenant.id, to=to, transaction=tx.id, message_id=message_id, reply=reply,
-                          offered=offered, outbox_file=_outbox_file(settings, reply))
+                          offered=offered,
+                          outbox_file=reply.path.absolute() if isinstance(reply, OutboxReply) else None)

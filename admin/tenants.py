@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from relay import dkimkeys
+from relay import directory, dkimkeys
 from relay.models import AuditEntry, DkimKey, KeyState, Sender, Tenant, TenantStatus
 from relay.store import Store, utcnow
 
@@ -40,8 +40,8 @@ def records_change(old: Sender, new: Sender) -> bool:
 
 
 def active_key(store: Store, tenant_id: str) -> DkimKey | None:
-    keys = [k for k in store.list_keys(tenant_id) if k.state is KeyState.ACTIVE]
-    return keys[-1] if keys else None
+    """The tenant's signing key, chosen as the relay chooses it (`relay.directory.active_key`)."""
+    return directory.active_key(store.list_keys(tenant_id))
 
 
 def _describe(sender: Sender) -> str:

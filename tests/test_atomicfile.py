@@ -167,6 +167,18 @@ def test_export_is_an_ordinary_file_under_the_umask(tmp_path: Path, umask: int, 
     assert mode_of(tmp_path / "acme.xlsx") == expected and names(tmp_path) == ["acme.xlsx"]
 
 
+def test_failed_export_keeps_the_previous_file_and_no_temp(tmp_path: Path) -> None:
+    class FailingWorkbook:  # openpyxl's `save(handle)`, failing half-way like a full disk
+        save = staticmethod(failing_writer)
+
+    target = tmp_path / "acme.xlsx"
+    target.write_bytes(b"previous")
+    with pytest.raises(DiskFull):
+        save_atomically(FailingWorkbook(), target)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"previous"
+    assert names(tmp_path) == ["acme.xlsx"]
+
+
 async def test_outbox_message_is_0640_and_alone(tmp_path: Path, umask_022: None) -> None:
     reply = await Outbox(tmp_path).deliver(Envelope("b@acme.test", ("r@x.test",)), b"Subject: s\r\n\r\nhi\r\n")
     [path] = list(tmp_path.iterdir())

@@ -203,6 +203,9 @@ def test_list_json_and_text(cli: Cli, env: Path) -> None:
     assert [i["tenant"] for i in items] == ["acme", "shop"]
     assert all("checks" not in i for i in items)
     assert items[1]["domain_unicode"] == "bücher.test"
+    shown = [json.loads(cli("tenant", "show", t, "--as", ACCOUNTANT, "--json").out) for t in ("acme", "shop")]
+    assert [i["selector"] for i in items] == [s["selector"] for s in shown]  # each tenant's own key
+    assert items[0]["selector"] != items[1]["selector"]
     text = cli("tenant", "list", "--as", ACCOUNTANT)
     assert text.code == 0 and "acme" in text.out and "xn--bcher-kva.test (bücher.test)" in text.out
 

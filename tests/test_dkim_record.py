@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from admin.checks import return_path
-from admin.checks.common import duration, same_name
+from admin.checks.common import Findings, duration, same_name
 from admin.dkimrecord import Verdict, assess, our_key
 from admin.dnscheck import Answer, DnsError, Failure, NoData, Question, Record
 from admin.records import dkim_value, records_for
@@ -106,7 +106,7 @@ RP_RECORD = records_for(SENDER, [], return_path_target="bounces.relay.test")[0]
 
 
 def test_cname_beside_other_data_is_named() -> None:
-    findings = {
+    findings: Findings = {
         Question("bounce.acme.test", "CNAME"): Answer("bounce.acme.test", "CNAME", (Record("bounces.relay.test"),)),
         Question("bounce.acme.test", "TXT"): Answer("bounce.acme.test", "TXT", (Record("v=spf1 -all", ("v=spf1 -all",)),)),
         Question("bounce.acme.test", "MX"): NoData("bounce.acme.test", "MX", 300),
@@ -124,7 +124,7 @@ def test_cname_target_is_compared_as_a_name() -> None:
 
 
 def test_flattened_data_cannot_be_compared_when_the_target_cannot_be_asked() -> None:
-    findings = {
+    findings: Findings = {
         Question("bounce.acme.test", "CNAME"): NoData("bounce.acme.test", "CNAME", 300),
         Question("bounce.acme.test", "A"): Answer("bounce.acme.test", "A", (Record("192.0.2.10"),)),
         **{Question("bounces.relay.test", t): DnsError("bounces.relay.test", t, "x answered SERVFAIL", Failure.SERVFAIL)

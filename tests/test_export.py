@@ -17,7 +17,6 @@ import openpyxl
 import pytest
 from openpyxl.worksheet.worksheet import Worksheet
 
-from admin.export import save_atomically
 from admin.export_texts import LANGUAGES, ExportTexts
 from relay.models import CheckResult, CheckStatus, Role, User
 from relay.settings import Settings, load_settings
@@ -210,20 +209,3 @@ def test_accountant_may_run_records_and_export(cli: Cli, store: Store, settings:
     assert store.get_user(ACCOUNTANT).role is Role.ACCOUNTANT  # type: ignore[union-attr]
     assert cli("records", "acme", "--as", ACCOUNTANT).code == 0
     assert export(cli, "acme", tmp_path / "a.xlsx").code == 0
-
-
-class _FailingWorkbook:
-    """Writes part of a file, then fails like a full disk would."""
-
-    def save(self, handle: Any) -> None:
-        handle.write(b"PK partial")
-        raise OSError(28, "No space left on device")
-
-
-def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
-    target = tmp_path / "acme.xlsx"
-    target.write_bytes(b"previous")
-    with pytest.raises(OSError):
-        save_atomically(_FailingWorkbook(), target)  # type: ignore[arg-type]
-    assert target.read_bytes() == b"previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["acme.xlsx"]

@@ -114,8 +114,9 @@ def validate(cli: Cli, tenant: str = "acme") -> tuple[int, dict[str, Any]]:
 
 
 def check(report: dict[str, Any], purpose: str) -> dict[str, Any]:
-    [found] = [c for c in report["checks"] if c["purpose"] == purpose]
-    return found
+    found: list[dict[str, Any]] = [c for c in report["checks"] if c["purpose"] == purpose]
+    [one] = found
+    return one
 
 
 # --- correct records --------------------------------------------------------------------------

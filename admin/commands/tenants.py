@@ -9,7 +9,9 @@ from typing import Any
 
 from admin import inputs
 from admin.context import EXIT_OK, Context, UsageError
+from admin.render import domain_label
 from admin.tenants import TenantChange, active_key, set_tenant
+from relay import directory
 from relay.models import CheckResult, DkimKey, Sender, Tenant
 
 DEFAULT_RETURN_PATH = "bounce"
@@ -69,18 +71,13 @@ def tenant_json(tenant: Tenant, key: DkimKey | None,
     return data
 
 
-def _both_forms(ascii_name: str) -> str:
-    unicode_name = inputs.unicode_domain(ascii_name)
-    return ascii_name if unicode_name == ascii_name else f"{ascii_name} ({unicode_name})"
-
-
 def tenant_text(data: dict[str, Any]) -> str:
     local, _, host = str(data["email"]).rpartition("@")
     rows = [
         ("tenant", data["tenant"]),
         ("name", data["name"]),
-        ("email", f"{local}@{_both_forms(host)}"),
-        ("domain", _both_forms(str(data["domain"]))),
+        ("email", f"{local}@{domain_label(host)}"),
+        ("domain", domain_label(str(data["domain"]))),
         ("return-path", data["return_path_host"]),
         ("selector", data["selector"] or "(none)"),
         ("status", data["status"]),
@@ -150,7 +147,10 @@ def show_command(ctx: Context, args: argparse.Namespace) -> int:
 
 def list_command(ctx: Context, args: argparse.Namespace) -> int:
     ctx.authorize("tenant.list")
-    items = [tenant_json(t, active_key(ctx.store, t.id)) for t in ctx.store.list_tenants()]
+    keys: dict[str, list[DkimKey]] = {}
+    for key in ctx.store.list_keys():  # one query for all tenants, not one per tenant
+        keys.setdefault(key.tenant, []).append(key)
+    items = [tenant_json(t, directory.active_key(keys.get(t.id, []))) for t in ctx.store.list_tenants()]
     ctx.emit(items, _table(items))
     return EXIT_OK
 
@@ -160,7 +160,7 @@ def _table(items: list[dict[str, Any]]) -> str:
         return "no tenants yet (add one with `relay-admin tenant set`)"
     header = ("TENANT", "STATUS", "DOMAIN", "EMAIL", "NAME")
     rows = [header] + [
-        (i["tenant"], i["status"], _both_forms(i["domain"]), i["email"], i["name"]) for i in items
+        (i["tenant"], i["status"], domain_label(i["domain"]), i["email"], i["name"]) for i in items
     ]
     widths = [max(len(str(row[col])) for row in rows) for col in range(len(header) - 1)]
     return "\n".join(
