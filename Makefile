@@ -14,12 +14,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests talk to on loopback: NSD (authoritative DNS) and swaks (a real SMTP client).
-# Installed only when missing and only as root; elsewhere the tests that need them are skipped with a reason.
+# Debian packages the tests talk to: NSD (authoritative DNS on loopback), LibreOffice Calc and
+# poppler's pdftotext (the Excel hand-over and the CSV opened as a person opens them), and the fonts
+# the hand-over is printed with. Installed as root when missing. `make test` then requires them: a test
+# whose peer is missing fails (RELAY_TEST_REQUIRE_PEERS=1) instead of hiding a broken install.
+DEBIAN_PACKAGES := nsd libreoffice-calc-nogui poppler-utils fonts-dejavu-core fonts-liberation2
+
 deps-debian:
-	@if [ "$$(id -u)" = "0" ] && ! command -v nsd >/dev/null 2>&1; then \
-		echo "installing Debian packages: nsd"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nsd >/dev/null; \
+	@missing=""; for pkg in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "missing Debian packages:$$missing (run make test as root, or apt-get install them)"; \
+		fi; \
 	fi
 
 run: $(STAMP)
@@ -30,7 +41,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) deps-debian typecheck
-	$(BIN)/python -m pytest -q
+	RELAY_TEST_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -13,11 +13,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from admin.commands import COMMAND_MODULES
-from admin.context import EXIT_STORE, EXIT_USAGE, CliError, Context
-from relay.settings import SettingsError, load_settings
-from relay.store import StoreError, open_store
-
-PROG = "relay-admin"
+from admin.context import EXIT_STORE, EXIT_USAGE, PROG, CliError, Context
+from relay.settings import Settings, SettingsError, load_settings
+from relay.store import Store, StoreError, StoreMissing, open_store, store_location
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,6 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(exc: Exception, exit_code: int) -> int:
+    print(f"{PROG}: {exc}", file=sys.stderr)
+    return exit_code
+
+
+def _open_store(settings: Settings, args: argparse.Namespace, actor: str | None) -> Store:
+    """The existing store; only a command that may start one (the very first `user add`) creates it.
+
+    RELAY_DATABASE may be relative: creating a store wherever the command happens to run would
+    answer every later question from an empty store, so any other command says it is missing.
+    """
+    try:
+        return open_store(settings, create=False)
+    except StoreMissing as exc:
+        may_create = getattr(args, "may_create_store", None)
+        if may_create is None:
+            raise
+        if not may_create(args, actor):  # a bootstrap, but by an acting user that cannot exist yet
+            raise StoreMissing(f"{exc}, without --as or RELAY_ADMIN_USER (user {actor!r} cannot act "
+                               "in a store that does not exist yet)") from None
+    store = open_store(settings)
+    print(f"{PROG}: created a new store at {store_location(settings)}", file=sys.stderr)
+    return store
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -60,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             database=getattr(args, "database", None), keys_dir=getattr(args, "keys_dir", None)
         )
     except SettingsError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        store = open_store(settings)
-    except StoreError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _fail(exc, EXIT_USAGE)
     actor = getattr(args, "actor", None) or settings.admin_user or os.environ.get("RELAY_ADMIN_USER")
+    try:
+        store = _open_store(settings, args, actor)
+    except CliError as exc:  # the bootstrap's own input checks, made before creating anything
+        return _fail(exc, exc.exit_code)
+    except StoreError as exc:
+        return _fail(exc, EXIT_STORE)
     context = Context(
         settings=settings, store=store, actor_name=actor,
         json_output=getattr(args, "json_output", False),
@@ -75,11 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(context, args))
     except CliError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(exc, exc.exit_code)
     except StoreError as exc:  # transaction rolled back: nothing changed
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _fail(exc, EXIT_STORE)
     finally:
         store.close()
 

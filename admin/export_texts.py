@@ -5,7 +5,8 @@ Paragraphs are `str.format` templates; the fields they may use are listed on `Ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,13 +14,15 @@ class ExportTexts:
     """Everything the export writes in words. Template fields:
 
     {name} {email} {domain} (as people read it) {records_sheet} {host} {target} {full} {doubled}
-    {host_header} {value_header} {split_header}
+    {host_header} {value_header} {split_header} {status_header} {diagnosis_header}
     """
 
     records_sheet: str
     instructions_sheet: str
     sender_labels: tuple[str, str, str, str]  # Name, E-mail address, Domain, Domain (Unicode)
-    headers: tuple[str, str, str, str, str, str, str, str, str, str]
+    # Type, Host, Full name, Value, Value for zone files, TTL, Purpose, Required,
+    # Last validation, Diagnosis, Validated at
+    headers: tuple[str, str, str, str, str, str, str, str, str, str, str]
     yes: str
     no: str
     purposes: dict[str, str]  # dkim, return-path, dmarc
@@ -41,6 +44,24 @@ class ExportTexts:
     mistake_cloudflare: str
     finish_heading: str
     validate: str
+    results: str
+
+
+def french_spacing(text: str) -> str:
+    """French typography: a no-break space before : ; ? ! and inside « », so no line starts with one."""
+    for plain, kept in ((" :", "\u00a0:"), (" ;", "\u00a0;"), (" ?", "\u00a0?"), (" !", "\u00a0!"),
+                        ("« ", "«\u00a0"), (" »", "\u00a0»")):
+        text = text.replace(plain, kept)
+    return text
+
+
+def _french(texts: ExportTexts) -> ExportTexts:
+    """`texts` with French spacing in every sentence (sheet names and headers carry none)."""
+    spaced: dict[str, Any] = {
+        field.name: french_spacing(value) for field in fields(texts)
+        if isinstance(value := getattr(texts, field.name), str)
+    }
+    return replace(texts, **spaced)
 
 
 NL = ExportTexts(
@@ -48,9 +69,9 @@ NL = ExportTexts(
     instructions_sheet="Instructies",
     sender_labels=("Naam", "E-mailadres", "Domein", "Domein (Unicode)"),
     headers=(
-        "Type", "Host (zoals in het formulier van uw DNS-provider)", "Volledige naam", "Waarde",
-        "Waarde voor zonebestanden (gesplitst)", "TTL", "Doel", "Verplicht",
-        "Laatste validatie", "Gevalideerd op",
+        "Type", "Host (zoals u die invult bij uw DNS-provider)", "Volledige naam", "Waarde",
+        "Waarde voor zonebestanden (stukken van max. 255 tekens)", "TTL", "Doel", "Verplicht",
+        "Laatste validatie", "Diagnose (Engels)", "Datum validatie",
     ),
     yes="ja",
     no="nee",
@@ -58,61 +79,75 @@ NL = ExportTexts(
               "dmarc": "DMARC-beleid (advies)"},
     states={"active": "actief", "next": "volgende sleutel", "retiring": "wordt uitgefaseerd"},
     statuses={"ok": "in orde", "missing": "ontbreekt", "mismatch": "afwijkende waarde",
-              "warning": "waarschuwing", "error": "kon niet controleren"},
+              "warning": "waarschuwing", "error": "kon niet worden gecontroleerd"},
     title="DNS-records voor {domain}",
     intro=(
-        "{name} verstuurt e-mail als {email} via het boekhoudplatform. Zodat ontvangers die berichten "
-        "vertrouwen, vragen wij u de records op het tabblad '{records_sheet}' toe te voegen aan de "
-        "DNS-zone van {domain}."
+        "{name} verstuurt e-mail vanaf {email} via het boekhoudplatform. Om ervoor te zorgen dat "
+        "ontvangers deze berichten vertrouwen, vragen we u de records op het tabblad "
+        "'{records_sheet}' toe te voegen aan de DNS-zone van {domain}."
     ),
     untouched=(
-        "De bestaande records van het hoofddomein blijven ongewijzigd: MX, het SPF-record op {domain} "
-        "zelf en de website. Alles wat wij vragen staat op namen onder het domein; er wordt niets vervangen."
+        "De bestaande records van {domain} blijven ongewijzigd: de MX-records, het SPF-record op "
+        "{domain} zelf en de records van de website. Alle records die we vragen, komen op namen "
+        "onder het domein; u hoeft dus niets te vervangen."
     ),
-    per_record_heading="Waarvoor elk record dient",
+    per_record_heading="Waar elk record voor dient",
     dkim=(
-        "{host} (TXT, verplicht): de publieke DKIM-sleutel. Ontvangers controleren daarmee de "
-        "handtekening die het platform op elk bericht van {domain} zet."
+        "{host} (TXT, verplicht): de publieke DKIM-sleutel. Hiermee controleren ontvangers de "
+        "digitale handtekening die het platform onder elk bericht van {domain} zet."
     ),
     dkim_next=(
-        "{host} (TXT, verplicht): de volgende DKIM-sleutel na een sleutelwissel. Publiceer hem naast "
-        "de huidige sleutel; verwijder de huidige niet."
+        "{host} (TXT, verplicht): de nieuwe DKIM-sleutel voor een sleutelwissel. Publiceer deze "
+        "naast de huidige sleutel en laat de huidige staan."
     ),
     dkim_retiring=(
-        "{host} (TXT, niet meer verplicht): een oude DKIM-sleutel die nog berichten van voor de "
-        "sleutelwissel controleert. Laat hem staan tot het platform meldt dat hij weg mag."
+        "{host} (TXT, niet meer verplicht): een oude DKIM-sleutel, waarmee berichten van vóór de "
+        "sleutelwissel nog worden gecontroleerd. Laat dit record staan totdat het platform meldt "
+        "dat het weg kan."
     ),
     return_path=(
-        "{host} (CNAME, verplicht): verwijst naar {target}. Hier staat het retouradres van het platform, "
-        "zodat bounces terugkomen en SPF slaagt; het SPF-record van {domain} zelf verandert niet."
+        "{host} (CNAME, verplicht): verwijst naar {target}. Dit is het retouradres (return-path) "
+        "van het platform: bounces komen hier terug en SPF wordt op deze naam gecontroleerd. Het "
+        "SPF-record van {domain} zelf hoeft u niet aan te passen."
     ),
     dmarc=(
-        "{host} (TXT, alleen advies): een DMARC-beleid. Voeg het alleen toe als {domain} nog geen "
-        "DMARC-record heeft. Staat er al een record op {host}, laat dat dan staan: niet vervangen en "
-        "geen tweede toevoegen (twee DMARC-records tellen als geen)."
+        "{host} (TXT, advies): een DMARC-beleid. Voeg dit record alleen toe als {domain} nog geen "
+        "DMARC-record heeft. Staat er al een DMARC-record op {host}, laat dat dan staan: niet "
+        "vervangen en geen tweede toevoegen (bij twee DMARC-records negeren ontvangers ze allebei)."
     ),
     mistakes_heading="Veelgemaakte fouten",
     mistake_double_domain=(
-        "Vul de host in precies zoals in de kolom '{host_header}' (bijvoorbeeld {host}). Veel "
-        "DNS-providers voegen {domain} zelf toe; wie de volledige naam {full} typt, krijgt {doubled}."
+        "Vul als host alleen in wat in de kolom '{host_header}' staat (bijvoorbeeld {host}). De "
+        "meeste DNS-providers zetten er zelf {domain} achter; wie de volledige naam {full} invult, "
+        "krijgt dan {doubled}."
     ),
     mistake_quotes=(
-        "Typ geen aanhalingstekens rond de waarde; het formulier van de provider voegt ze zelf toe "
-        "waar nodig. Kopieer de waarde uit de kolom '{value_header}'."
+        "Typ geen aanhalingstekens rond de waarde: het formulier van de provider zet die er zelf "
+        "omheen als dat nodig is. Kopieer de waarde uit de kolom '{value_header}'."
     ),
     mistake_split=(
-        "De DKIM-waarde is langer dan 255 tekens. De meeste providers aanvaarden haar in één stuk; "
-        "sommige vragen stukken van hoogstens 255 tekens: gebruik dan de kolom '{split_header}' "
-        "zoals ze is. Controleer dat er niets is afgeknipt."
+        "De DKIM-waarde is langer dan 255 tekens. Bij de meeste providers plakt u de waarde uit de "
+        "kolom '{value_header}' in zijn geheel in één veld. Accepteert het formulier zo'n lange "
+        "waarde niet, of vraagt het om losse stukken, neem dan de stukken uit de kolom "
+        "'{split_header}' over, in dezelfde volgorde en zonder iets toe te voegen. Alleen in een "
+        "zonebestand (BIND) komt elk stuk tussen dubbele aanhalingstekens, naast elkaar op één "
+        "regel: \"stuk 1\" \"stuk 2\". Controleer na het opslaan of de waarde niet is ingekort."
     ),
     mistake_cloudflare=(
         "Cloudflare: zet het CNAME-record {host} op 'DNS only' (grijze wolk), niet op 'Proxied'."
     ),
-    finish_heading="Daarna",
+    finish_heading="Tot slot",
     validate=(
-        "Staan de records erin, druk dan op Valideren in de instellingen van het platform. Nieuwe "
-        "records kunnen enkele minuten tot enkele uren nodig hebben om overal zichtbaar te zijn; "
-        "meldt Valideren vlak na het toevoegen dat een record ontbreekt, probeer het later opnieuw."
+        "Zijn de records toegevoegd? Klik dan op Valideren in de instellingen van het platform. Het "
+        "kan enkele minuten tot enkele uren duren voordat nieuwe records overal zichtbaar zijn. "
+        "Meldt Valideren direct na het toevoegen dat een record ontbreekt, probeer het dan later "
+        "nog eens."
+    ),
+    results=(
+        "Na een validatie staat bij elk record op het tabblad '{records_sheet}' de uitkomst, in de "
+        "kolom '{status_header}', en wat er nog moet gebeuren, in de kolom '{diagnosis_header}'. "
+        "Krijgt u dit bestand terug na een mislukte validatie, dan ziet u daar wat er moet worden "
+        "aangepast."
     ),
 )
 
@@ -122,8 +157,8 @@ EN = ExportTexts(
     sender_labels=("Name", "E-mail address", "Domain", "Domain (Unicode)"),
     headers=(
         "Type", "Host (as entered in your DNS provider's form)", "Full name", "Value",
-        "Value for zone files (split)", "TTL", "Purpose", "Required",
-        "Last validation", "Validated at",
+        "Value for zone files (pieces of at most 255 characters)", "TTL", "Purpose", "Required",
+        "Last validation", "Diagnosis", "Validated at",
     ),
     yes="yes",
     no="no",
@@ -135,10 +170,11 @@ EN = ExportTexts(
     title="DNS records for {domain}",
     intro=(
         "{name} sends e-mail as {email} through the accounting platform. So that receivers trust "
-        "those messages, please add the records on the sheet '{records_sheet}' to the DNS zone of {domain}."
+        "those messages, please add the records on the sheet '{records_sheet}' to the DNS zone of "
+        "{domain}."
     ),
     untouched=(
-        "The main domain's existing records stay untouched: MX, the SPF record at {domain} itself, "
+        "The existing records of {domain} stay as they are: MX, the SPF record at {domain} itself, "
         "the website. Everything we ask for lives on names below the domain; nothing is replaced."
     ),
     per_record_heading="What each record is for",
@@ -147,7 +183,7 @@ EN = ExportTexts(
         "platform puts on every message from {domain}."
     ),
     dkim_next=(
-        "{host} (TXT, required): the next DKIM key after a key change. Publish it next to the "
+        "{host} (TXT, required): the next DKIM key, for a key change. Publish it next to the "
         "current key; do not remove the current one."
     ),
     dkim_retiring=(
@@ -155,27 +191,31 @@ EN = ExportTexts(
         "the key change. Leave it until the platform says it may go."
     ),
     return_path=(
-        "{host} (CNAME, required): points to {target}. The platform's return address lives here, so "
-        "bounces come back and SPF passes; the SPF record of {domain} itself does not change."
+        "{host} (CNAME, required): points to {target}. This is the platform's return path: bounces "
+        "come back here and SPF is checked on this name. The SPF record of {domain} itself does not "
+        "change."
     ),
     dmarc=(
         "{host} (TXT, advice only): a DMARC policy. Add it only if {domain} has no DMARC record yet. "
         "If a record already exists at {host}, keep it: do not replace it and do not add a second "
-        "one (two DMARC records count as none)."
+        "one (receivers ignore both when there are two)."
     ),
     mistakes_heading="Common mistakes",
     mistake_double_domain=(
-        "Enter the host exactly as in the column '{host_header}' (for example {host}). Many DNS "
+        "Enter the host exactly as in the column '{host_header}' (for example {host}). Most DNS "
         "providers append {domain} themselves; typing the full name {full} then gives {doubled}."
     ),
     mistake_quotes=(
-        "Do not type quotes around the value; the provider's form adds them where needed. Copy the "
+        "Do not type quotes around the value: the provider's form adds them where needed. Copy the "
         "value from the column '{value_header}'."
     ),
     mistake_split=(
-        "The DKIM value is longer than 255 characters. Most providers accept it in one piece; some "
-        "need it split into strings of at most 255 characters: then use the column '{split_header}' "
-        "as it is. Check that nothing was cut off."
+        "The DKIM value is longer than 255 characters. Most providers' forms take it in one piece, "
+        "in one field, from the column '{value_header}'. If the form refuses that many characters "
+        "or asks for separate strings, enter the pieces from the column '{split_header}' instead, "
+        "in that order, adding nothing. Only in a zone file (BIND) does each piece go between "
+        "double quotes, side by side on one line: \"piece 1\" \"piece 2\". Afterwards check that "
+        "the value was not cut off."
     ),
     mistake_cloudflare=(
         "Cloudflare: set the CNAME record {host} to 'DNS only' (grey cloud), not 'Proxied'."
@@ -186,16 +226,21 @@ EN = ExportTexts(
         "take from a few minutes to a few hours to be visible everywhere; if Validate reports a "
         "record missing right after you added it, try again later."
     ),
+    results=(
+        "After a validation, the sheet '{records_sheet}' shows the outcome for each record in the "
+        "column '{status_header}', and what still needs doing in the column '{diagnosis_header}'. "
+        "When this file comes back after a failed check, that is where to look for the fix."
+    ),
 )
 
-FR = ExportTexts(
+FR = _french(ExportTexts(
     records_sheet="Enregistrements DNS",
     instructions_sheet="Instructions",
     sender_labels=("Nom", "Adresse e-mail", "Domaine", "Domaine (Unicode)"),
     headers=(
         "Type", "Hôte (tel que saisi chez votre fournisseur DNS)", "Nom complet", "Valeur",
-        "Valeur pour fichier de zone (découpée)", "TTL", "Rôle", "Obligatoire",
-        "Dernière validation", "Validé le",
+        "Valeur pour fichier de zone (chaînes de 255 caractères max.)", "TTL", "Rôle",
+        "Obligatoire", "Dernière validation", "Diagnostic (en anglais)", "Validé le",
     ),
     yes="oui",
     no="non",
@@ -206,66 +251,77 @@ FR = ExportTexts(
               "warning": "avertissement", "error": "vérification impossible"},
     title="Enregistrements DNS pour {domain}",
     intro=(
-        "{name} envoie des e-mails en tant que {email} via la plateforme comptable. Pour que les "
-        "destinataires fassent confiance à ces messages, veuillez ajouter les enregistrements de "
-        "l'onglet '{records_sheet}' à la zone DNS de {domain}."
+        "{name} envoie des e-mails depuis l'adresse {email} via la plateforme comptable. Pour que "
+        "les destinataires fassent confiance à ces messages, veuillez ajouter les enregistrements "
+        "de l'onglet « {records_sheet} » à la zone DNS du domaine {domain}."
     ),
     untouched=(
-        "Les enregistrements existants du domaine principal restent inchangés : MX, l'enregistrement "
-        "SPF sur {domain} lui-même, le site web. Tout ce que nous demandons se trouve sur des noms "
-        "sous le domaine ; rien n'est remplacé."
+        "Les enregistrements existants du domaine {domain} ne changent pas : MX, l'enregistrement "
+        "SPF du domaine lui-même, le site web. Tous les enregistrements demandés se trouvent sur des noms "
+        "sous {domain} ; vous n'avez rien à remplacer."
     ),
     per_record_heading="À quoi sert chaque enregistrement",
     dkim=(
-        "{host} (TXT, obligatoire) : la clé publique DKIM. Les destinataires vérifient avec elle la "
-        "signature que la plateforme appose sur chaque message de {domain}."
+        "{host} (TXT, obligatoire) : la clé publique DKIM. Les destinataires s'en servent pour "
+        "vérifier la signature que la plateforme appose sur chaque message envoyé depuis {domain}."
     ),
     dkim_next=(
-        "{host} (TXT, obligatoire) : la clé DKIM suivante après un changement de clé. Publiez-la à "
-        "côté de la clé actuelle ; ne supprimez pas celle-ci."
+        "{host} (TXT, obligatoire) : la prochaine clé DKIM, pour un changement de clé. Publiez-la "
+        "en plus de la clé actuelle, sans supprimer cette dernière."
     ),
     dkim_retiring=(
-        "{host} (TXT, plus obligatoire) : une ancienne clé DKIM qui vérifie encore les messages "
-        "envoyés avant le changement de clé. Laissez-la jusqu'à ce que la plateforme indique qu'elle "
-        "peut être supprimée."
+        "{host} (TXT, plus obligatoire) : une ancienne clé DKIM, qui sert encore à vérifier les "
+        "messages envoyés avant le changement de clé. Conservez-la jusqu'à ce que la plateforme "
+        "indique qu'elle peut être supprimée."
     ),
     return_path=(
-        "{host} (CNAME, obligatoire) : pointe vers {target}. L'adresse de retour de la plateforme se "
-        "trouve ici, pour que les rebonds reviennent et que SPF réussisse ; l'enregistrement SPF de "
-        "{domain} lui-même ne change pas."
+        "{host} (CNAME, obligatoire) : pointe vers {target}. C'est l'adresse de retour "
+        "(return-path) de la plateforme : les rebonds y reviennent et SPF est vérifié sur ce nom. "
+        "L'enregistrement SPF du domaine {domain} lui-même ne change pas."
     ),
     dmarc=(
-        "{host} (TXT, simple conseil) : une politique DMARC. Ajoutez-la seulement si {domain} n'a pas "
-        "encore d'enregistrement DMARC. S'il en existe déjà un sur {host}, gardez-le : ne le remplacez "
-        "pas et n'en ajoutez pas un second (deux enregistrements DMARC équivalent à aucun)."
+        "{host} (TXT, facultatif) : une politique DMARC. Ajoutez-la seulement si {domain} n'a pas "
+        "encore d'enregistrement DMARC. S'il en existe déjà un sur {host}, gardez-le : ne le "
+        "remplacez pas et n'en ajoutez pas un second (s'il y en a deux, les destinataires les "
+        "ignorent tous les deux)."
     ),
     mistakes_heading="Erreurs fréquentes",
     mistake_double_domain=(
-        "Saisissez l'hôte exactement comme dans la colonne '{host_header}' (par exemple {host}). "
-        "Beaucoup de fournisseurs DNS ajoutent {domain} eux-mêmes ; saisir le nom complet {full} "
-        "donne alors {doubled}."
+        "Saisissez l'hôte exactement comme dans la colonne « {host_header} » (par exemple {host}). "
+        "La plupart des fournisseurs DNS ajoutent {domain} d'eux-mêmes ; saisir le nom complet "
+        "{full} donne alors {doubled}."
     ),
     mistake_quotes=(
-        "Ne tapez pas de guillemets autour de la valeur ; le formulaire du fournisseur les ajoute si "
-        "nécessaire. Copiez la valeur de la colonne '{value_header}'."
+        "Ne tapez pas de guillemets autour de la valeur : le formulaire du fournisseur les ajoute "
+        "si nécessaire. Copiez la valeur de la colonne « {value_header} »."
     ),
     mistake_split=(
-        "La valeur DKIM dépasse 255 caractères. La plupart des fournisseurs l'acceptent d'un seul "
-        "tenant ; certains exigent des chaînes d'au plus 255 caractères : utilisez alors la colonne "
-        "'{split_header}' telle quelle. Vérifiez que rien n'a été coupé."
+        "La valeur DKIM dépasse 255 caractères. La plupart des formulaires l'acceptent d'un seul "
+        "bloc, dans un seul champ, depuis la colonne « {value_header} ». Si le formulaire refuse une "
+        "valeur aussi longue ou demande des chaînes séparées, saisissez plutôt les chaînes de la "
+        "colonne « {split_header} », dans cet ordre, sans rien ajouter. Ce n'est que dans un fichier "
+        "de zone (BIND) que chaque chaîne se met entre guillemets droits, côte à côte sur une "
+        "seule ligne : \"chaîne 1\" \"chaîne 2\". Vérifiez ensuite que la valeur n'a pas été "
+        "tronquée."
     ),
     mistake_cloudflare=(
-        "Cloudflare : réglez l'enregistrement CNAME {host} sur « DNS only » (nuage gris), pas sur "
-        "« Proxied »."
+        "Cloudflare : réglez l'enregistrement CNAME {host} sur « DNS only » (nuage gris), et non "
+        "sur « Proxied »."
     ),
     finish_heading="Ensuite",
     validate=(
         "Une fois les enregistrements en place, cliquez sur Valider dans les paramètres de la "
-        "plateforme. Les nouveaux enregistrements peuvent mettre de quelques minutes à quelques heures "
-        "à être visibles partout ; si Valider signale un enregistrement absent juste après l'ajout, "
-        "réessayez plus tard."
+        "plateforme. Les nouveaux enregistrements peuvent mettre de quelques minutes à quelques "
+        "heures à être visibles partout ; si Valider signale un enregistrement absent juste après "
+        "l'ajout, réessayez plus tard."
     ),
-)
+    results=(
+        "Après une validation, l'onglet « {records_sheet} » indique pour chaque enregistrement le "
+        "résultat, dans la colonne « {status_header} », et ce qu'il reste à corriger, dans la "
+        "colonne « {diagnosis_header} ». Si ce fichier vous revient après un échec, c'est là que "
+        "vous trouverez la correction."
+    ),
+))
 
 LANGUAGES: dict[str, ExportTexts] = {"nl": NL, "en": EN, "fr": FR}
 DEFAULT_LANGUAGE = "nl"

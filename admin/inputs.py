@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 import idna
 
@@ -29,6 +31,10 @@ _DKIM_PREFIX = len("ar20250101abcdef._domainkey.")
 # Bidi embedding/override/isolate controls (Unicode Cf) can reorder how a display name is shown;
 # the rest of Cf (ZWJ, ZWNJ) is needed by some scripts and stays allowed.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_PORT = re.compile(r"([^:]+):[0-9]+")
+# `Acme <info@acme.nl>`: a whole From line pasted where only the address goes (RFC 5322 3.4).
+_NAME_ADDR = re.compile(r"(.*)<([^<>]*)>\s*")
+MAX_LABEL = 63  # RFC 1035 2.3.4
 
 
 def _fail(field: str, problem: str) -> UsageError:
@@ -67,22 +73,110 @@ def _printable(exc: Exception) -> str:
     return "".join(ch if ch.isprintable() else f"U+{ord(ch):04X}" for ch in text)
 
 
+def _char(char: str) -> str:
+    """A character as a message shows it: itself when printable, always its code point."""
+    code = f"U+{ord(char):04X}"
+    if char == " ":
+        return "a space"
+    return f"{char!r} ({code})" if char.isprintable() else code
+
+
+def _example(candidate: str | None) -> str:
+    """The domain the user probably meant, when it is one; otherwise a plain example."""
+    try:
+        return unicode_domain(domain(candidate or "")) if candidate else "acme.nl"
+    except UsageError:
+        return "acme.nl"
+
+
+def _domain_hint(text: str, value: str) -> str | None:
+    """The usual things pasted instead of a bare domain, each with the domain to give instead."""
+    only = "give only the domain, e.g."
+    if "://" in text or "/" in text:
+        host = urlsplit(text if "://" in text else "//" + text).hostname
+        return f"{value!r} is a web address (URL); {only} {_example(host)}"
+    if "@" in text:
+        return f"{value!r} is an e-mail address; {only} {_example(text.rpartition('@')[2])}"
+    port = _PORT.fullmatch(text)
+    if port:
+        return f"{value!r} has a port; {only} {_example(port.group(1))}"
+    for char in text:
+        # Cf (ZWJ, ZWNJ) stays for IDNA to judge: some scripts need it (RFC 5892 Appendix A).
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cs"):
+            return f"{value!r} contains {_char(char)}; a domain name has no spaces or control characters"
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _allowed_somewhere(char: str) -> bool:
+    # IDNA rules depend on context (a mark after a letter, '-' inside a label, a right-to-left
+    # letter on its own), so a character counts as allowed if any simple label accepts it.
+    for label in (char, "a" + char, "a" + char + "a"):
+        try:
+            idna.encode(label, uts46=True, std3_rules=True)
+            return True
+        except (idna.IDNAError, UnicodeError):
+            pass
+    return False
+
+
+def _valid_label(label: str) -> bool:
+    try:
+        idna.encode(label, uts46=True, std3_rules=True)
+        return True
+    except (idna.IDNAError, UnicodeError):
+        return False
+
+
+def _label_problem(label: str) -> str:
+    """Why one part between dots is refused, in words (IDNA 2008, RFC 5891 4.2.3)."""
+    if not label:
+        return "has an empty part (two dots in a row, or a dot at the start)"
+    if len(label) > MAX_LABEL:
+        return f"has a part longer than {MAX_LABEL} characters ({label[:20]!r}...)"
+    if label.startswith("-") or label.endswith("-"):
+        return f"has a part that starts or ends with '-' ({label!r})"
+    if label.lower().startswith("xn--"):
+        return f"has a part starting with 'xn--' that is not a valid encoded name ({label!r})"
+    if label[2:4] == "--":
+        return f"has '--' as 3rd and 4th character ({label!r}); only encoded names (xn--) may"
+    return (f"has a part whose characters cannot stand together ({label!r}), such as left-to-right "
+            "and right-to-left letters, or a joiner or mark out of place")
+
+
+def _idna_problem(text: str, value: str) -> str:
+    """The IDNA library's refusal in plain words: the offending character, else the offending part."""
+    for char in text:
+        if char != "." and not _allowed_somewhere(char):
+            return f"{value!r} contains {_char(char)}, which a domain name cannot have"
+    for label in text.split("."):
+        if not _valid_label(label):
+            return f"{value!r} {_label_problem(label)}"
+    return f"{value!r} is not a valid domain name"  # each part is fine alone, the whole is not
+
+
 def domain(value: str, field: str = "--domain") -> str:
     """A host name in lower-case A-labels without trailing dot (IDNA 2008 with UTS 46 mapping)."""
-    text = value[:-1] if value.endswith(".") else value
+    text = value.strip(" ")  # spaces around a pasted value are noise, not part of the name
+    text = text[:-1] if text.endswith(".") else text
     if not text:
         raise _fail(field, "must not be empty")
+    hint = _domain_hint(text, value)
+    if hint:
+        raise _fail(field, hint)
+    if "" in text.split("."):  # IDNA would take "acme.nl.." as "acme.nl." and say nothing useful
+        raise _fail(field, f"{value!r} {_label_problem('')}")
     try:
         ascii_name = idna.encode(text, uts46=True, std3_rules=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise _fail(field, f"{value!r} is not a valid domain name: {_printable(exc)}") from None
+    except (idna.IDNAError, UnicodeError):
+        raise _fail(field, _idna_problem(text, value)) from None
     labels = ascii_name.split(".")
     if len(labels) < 2:
-        raise _fail(field, f"{value!r} needs at least two labels (like example.com)")
+        raise _fail(field, f"{value!r} needs at least two parts separated by a dot, like acme.nl")
     if labels[-1].isdigit():  # RFC 3696 2: a top-level domain is never all-numeric (an IP address)
         raise _fail(field, f"{value!r} is an IP address, not a domain name")
     if not all(_LDH_LABEL.fullmatch(label) for label in labels):
-        raise _fail(field, f"{value!r} is not a valid domain name: labels are letters, digits, '-'")
+        raise _fail(field, f"{value!r}: each part between dots must be letters, digits and '-'")
     if len(ascii_name) > MAX_DOMAIN:
         raise _fail(field, f"{value!r} is longer than {MAX_DOMAIN} characters")
     return ascii_name
@@ -109,6 +203,7 @@ def sender_domain(value: str, field: str = "--domain") -> str:
 
 def email(value: str, field: str = "--email") -> str:
     """`local@domain`: RFC 5321 dot-atom local part (ASCII, kept as typed), domain as A-labels."""
+    _no_display_name(value, field)
     local, at, host = value.rpartition("@")
     if not at or not local or not host:
         raise _fail(field, f"{value!r} is not an e-mail address (local@domain)")
@@ -125,6 +220,20 @@ def email(value: str, field: str = "--email") -> str:
     if len(address) > MAX_ADDRESS:
         raise _fail(field, f"{value!r} is longer than {MAX_ADDRESS} characters")
     return address
+
+
+def _no_display_name(value: str, field: str) -> None:
+    """A name or `mailto:` pasted with the address: say where each part goes instead."""
+    pasted = _NAME_ADDR.fullmatch(value)
+    if pasted and pasted.group(1).strip(' "'):
+        name = "put the name in --name and " if field == "--email" else ""
+        raise _fail(field, f"{value!r} has a name in it; {name}give only the address in {field}, "
+                           f"e.g. {pasted.group(2).strip()!r}")
+    if pasted:
+        raise _fail(field, f"{value!r}: give the address without '<' and '>', "
+                           f"e.g. {pasted.group(2).strip()!r}")
+    if value.lower().startswith("mailto:"):
+        raise _fail(field, f"{value!r}: give the address without 'mailto:', e.g. {value[7:]!r}")
 
 
 def email_within_domain(address: str, sender_domain_: str, field: str = "--email") -> None:

@@ -20,6 +20,8 @@ TXT_CHUNK = 255
 COMMENT_WIDTH = 100
 
 CSV_FIELDS = ("type", "name", "host", "value", "ttl", "purpose", "required", "state")
+# `,` by default; `;` for spreadsheets whose list separator is `;` (Dutch, Belgian, French settings).
+CSV_SEPARATORS = (",", ";")
 
 
 def domain_label(domain: str) -> str:
@@ -96,14 +98,21 @@ def render_table(records: Sequence[DnsRecord], *, zone: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(records: Sequence[DnsRecord]) -> str:
+def render_csv(records: Sequence[DnsRecord], *, sep: str = ",") -> str:
+    """RFC 4180: every field quoted (so the DKIM value's `;` never splits it), CRLF line ends.
+
+    `required` is `yes`/`no`, not `true`/`false`: spreadsheets turn the latter into booleans even
+    when quoted (shown as WAAR/VRAI in Dutch and French ones). The TTL still opens as a number.
+    """
+    if sep not in CSV_SEPARATORS:
+        raise ValueError(f"unknown CSV separator {sep!r}")
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, delimiter=sep, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
     writer.writerow(CSV_FIELDS)
     for r in records:
         writer.writerow([
-            r.type, r.name, r.relative_name, r.value, r.ttl, r.purpose,
-            "true" if r.required else "false", r.state.value if r.state is not None else "",
+            r.type, r.name, r.relative_name, r.value, str(r.ttl), r.purpose,
+            "yes" if r.required else "no", r.state.value if r.state is not None else "",
         ])
     return buffer.getvalue()
 
@@ -165,14 +174,14 @@ def _zone_lines(record: DnsRecord, host: str) -> list[str]:
     return lines
 
 
-def render(records: Sequence[DnsRecord], fmt: str, *, zone: str) -> str:
-    """Dispatch on one of FORMATS."""
+def render(records: Sequence[DnsRecord], fmt: str, *, zone: str, sep: str = ",") -> str:
+    """Dispatch on one of FORMATS; `sep` is the CSV field separator."""
     if fmt == "json":
         return render_json(records)
     if fmt == "bind":
         return render_bind(records, zone=zone)
     if fmt == "csv":
-        return render_csv(records)
+        return render_csv(records, sep=sep)
     if fmt == "table":
         return render_table(records, zone=zone)
     raise ValueError(f"unknown format {fmt!r}")

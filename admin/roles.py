@@ -1,26 +1,61 @@
-"""Who may do what: every admin action and the roles allowed to perform it."""
+"""Who may do what: every admin action, the roles allowed to perform it, and how a refusal is worded."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from relay.models import Role
 
 _EVERYONE = frozenset(Role)
 _CHANGERS = frozenset({Role.OWNER, Role.ADMIN})
 
+
+@dataclass(frozen=True)
+class Rule:
+    """The roles allowed to perform an action, and the action as a person says it."""
+
+    roles: frozenset[Role]
+    doing: str  # completes "only owners and admins can ..."
+    instead: str = ""  # what a refused role can do instead, when there is something
+
+
 # Reading and exporting are open to every role; anything that changes state is not for accountants.
-PERMISSIONS: dict[str, frozenset[Role]] = {
-    "user.add": _CHANGERS,
-    "tenant.set": _CHANGERS,
-    "tenant.show": _EVERYONE,
-    "tenant.list": _EVERYONE,
-    "records": _EVERYONE,
-    "export": _EVERYONE,
-    "validate": _CHANGERS,
-    "client.add": _CHANGERS,
-    "send-test": _CHANGERS,
-    "audit": _EVERYONE,
+RULES: dict[str, Rule] = {
+    "user.add": Rule(_CHANGERS, "add users"),
+    "tenant.set": Rule(_CHANGERS, "change a tenant's sender",
+                       "accountants can view the sender but not change it"),
+    "tenant.show": Rule(_EVERYONE, "view a tenant"),
+    "tenant.list": Rule(_EVERYONE, "list the tenants"),
+    "records": Rule(_EVERYONE, "view a tenant's DNS records"),
+    "export": Rule(_EVERYONE, "export a tenant's DNS records"),
+    "validate": Rule(_CHANGERS, "validate a tenant's DNS (it may change the tenant's status)",
+                     "accountants can see the last validation with `relay-admin tenant show`"),
+    "client.add": Rule(_CHANGERS, "add clients"),
+    "send-test": Rule(_CHANGERS, "send a test message"),
+    "audit": Rule(_EVERYONE, "read the audit log"),
 }
+PERMISSIONS: dict[str, frozenset[Role]] = {action: rule.roles for action, rule in RULES.items()}
+
+# Not an action of its own: part of `user.add`, decided by `admin.commands.users.may_grant`.
+OWNER_GRANT_REFUSAL = "only an owner can add an owner"
+
+_PLURAL = {Role.OWNER: "owners", Role.ADMIN: "admins", Role.ACCOUNTANT: "accountants"}
 
 
 def may(role: Role, action: str) -> bool:
-    return role in PERMISSIONS[action]
+    """Whether `role` may perform `action`."""
+    return role in RULES[action].roles
+
+
+def _who(roles: frozenset[Role]) -> str:
+    if roles == _EVERYONE:
+        return "every role"
+    names = [_PLURAL[role] for role in Role if role in roles]  # in the enum's order, most power first
+    return "only " + (" and ".join(names) if names else "nobody")
+
+
+def refusal(action: str) -> str:
+    """Why an action is refused, in words: "only owners and admins can add clients"."""
+    rule = RULES[action]
+    sentence = f"{_who(rule.roles)} can {rule.doing}"
+    return f"{sentence}; {rule.instead}" if rule.instead else sentence

@@ -9,6 +9,7 @@ a failure leaves neither a stray key nor half a tenant.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,16 @@ from relay.store import Store, utcnow
 
 # How long a replaced key stays published (RELAY_KEY_OVERLAP of the lifecycle issue, default 7d).
 DEFAULT_KEY_OVERLAP = timedelta(days=7)
+
+
+class KeyWriteError(Exception):
+    """The key file could not be written; the message names the absolute paths involved."""
+
+    def __init__(self, target: Path, exc: OSError) -> None:
+        named = isinstance(exc.filename, (str, bytes, os.PathLike))  # may also be absent or an fd
+        where = f" ({Path(os.fsdecode(exc.filename)).absolute()})" if named else ""
+        super().__init__(f"cannot write the DKIM key {target.absolute()}: "
+                         f"{exc.strerror or type(exc).__name__}{where}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,10 @@ def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | 
     # Innermost last, so removal can go in reverse; only directories this call creates.
     written.extend(d for d in (keys_dir, path.parent) if not d.exists())
     written.append(path)
-    dkimkeys.write_private_key(keys_dir, relative, private)
+    try:
+        dkimkeys.write_private_key(keys_dir, relative, private)
+    except OSError as exc:  # unwritable, full, or RELAY_KEYS_DIR is not a directory
+        raise KeyWriteError(path, exc) from exc
     key = DkimKey(tenant=tenant_id, selector=selector, state=KeyState.ACTIVE,
                   public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
     tenant = _pending_tenant(tenant_id, existing, sender, now)

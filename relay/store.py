@@ -36,6 +36,10 @@ class StoreError(Exception):
     """The store cannot be opened or used (bad path, newer schema, locked too long)."""
 
 
+class StoreMissing(StoreError):
+    """The store named by RELAY_DATABASE does not exist, and this command may not create one."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -383,6 +387,22 @@ class SqliteStore:
         ]
 
 
-def open_store(settings: Settings) -> Store:
-    """The backend named by RELAY_DATABASE (only sqlite:/// for now)."""
-    return SqliteStore(settings.database_path)
+def store_location(settings: Settings) -> str:
+    """Where the store is, as messages name it: the absolute path, whatever directory we run in."""
+    return str(settings.database_path.resolve())
+
+
+def open_store(settings: Settings, *, create: bool = True) -> Store:
+    """The backend named by RELAY_DATABASE (only sqlite:/// for now).
+
+    With `create=False` a store that does not exist yet raises `StoreMissing` (naming the absolute
+    path looked for) instead of being created silently wherever the command happens to run.
+    """
+    path = settings.database_path
+    if not create and not path.exists():
+        raise StoreMissing(
+            f"the store {store_location(settings)} does not exist (RELAY_DATABASE={settings.database}); "
+            "point RELAY_DATABASE at the existing store, or start a new one with "
+            "`relay-admin user add NAME --role owner`"
+        )
+    return SqliteStore(path)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.nsd import Nsd, nsd_binary
+from tests.nsd import Nsd
+from tests.peers import require_binary
 
 
 @dataclass
@@ -55,8 +56,7 @@ def cli(relay_env: Path) -> Callable[..., CliResult]:
 @pytest.fixture
 def nsd_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Nsd]]:
     """Start NSD with the given zones ({origin: zone text}); stopped at teardown."""
-    if nsd_binary() is None:
-        pytest.skip("nsd is not installed (make test installs it when run as root)")
+    require_binary("nsd", "nsd")  # fails under `make test`, skips under a bare pytest
     started: list[Nsd] = []
 
     def start(zones: dict[str, str]) -> Nsd:

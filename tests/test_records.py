@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,10 +90,11 @@ def assert_golden(name: str, text: str) -> None:
     """Compare with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites it (review the diff before committing)."""
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text, encoding="utf-8")
+        path.write_bytes(text.encode("utf-8"))
     if not path.exists():
         pytest.fail(f"golden file {path} is missing: create it with UPDATE_GOLDEN=1 pytest {__file__}")
-    assert text == path.read_text(encoding="utf-8"), f"output differs from {path}"
+    # Bytes, not read_text: the CSV's CRLF line ends (RFC 4180) are part of what is compared.
+    assert text == path.read_bytes().decode("utf-8"), f"output differs from {path}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -162,21 +164,58 @@ def test_bind_comment_says_why_and_whether_required(
     assert "never replace" in comments[2] and comments[2].endswith("Optional.")
 
 
+@pytest.mark.parametrize("sep", [",", ";"])
 @pytest.mark.parametrize("case_name", sorted(CASES))
 def test_csv_parses_back_to_the_json_records(
-    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, case_name: str
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, case_name: str,
+    sep: str,
 ) -> None:
     case = CASES[case_name]
     seed(store, case, golden_public_key)
     expected = json_records(cli, monkeypatch, case)
-    rows = list(csv.DictReader(io.StringIO(run_records(cli, monkeypatch, case, "--format", "csv").out)))
-    assert len(rows) == len(expected)
-    for row, record in zip(rows, expected):
-        assert (row["type"], row["name"], row["value"], row["ttl"], row["purpose"]) == (
-            record["type"], record["name"], record["value"], str(record["ttl"]), record["purpose"])
-        assert row["required"] == ("true" if record["required"] else "false")
-        assert row["state"] == record.get("state", "")
-        assert f"{row['host']}.{case.sender.domain}" == row["name"]
+    result = run_records(cli, monkeypatch, case, "--format", "csv", "--sep", sep)
+    assert (result.code, result.err) == (0, "")
+    rows = list(csv.reader(io.StringIO(result.out, newline=""), delimiter=sep))
+    assert rows[0] == ["type", "name", "host", "value", "ttl", "purpose", "required", "state"]
+    assert len(rows) == len(expected) + 1 and all(len(row) == 8 for row in rows)
+    for row, record in zip(rows[1:], expected):
+        assert row[:6] == [record["type"], record["name"], row[2], record["value"], str(record["ttl"]),
+                           record["purpose"]]
+        assert row[6:] == ["yes" if record["required"] else "no", record.get("state", "")]
+        assert f"{row[2]}.{case.sender.domain}" == row[1]
+    assert ";" in rows[1][3] and rows[1][3].endswith(golden_public_key)  # the DKIM value, whole
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_csv_is_rfc4180_every_field_quoted_crlf(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str, sep: str
+) -> None:
+    case = CASES["01-ascii"]
+    seed(store, case, golden_public_key)
+    out = run_records(cli, monkeypatch, case, "--format", "csv", "--sep", sep).out
+    assert out.endswith("\r\n") and "\n" not in out.replace("\r\n", "") and "\r" not in out.replace("\r\n", "")
+    field = '"[^"]*"'  # no value of ours holds a quote; RFC 4180 would double it
+    for line in out.split("\r\n")[:-1]:
+        assert re.fullmatch(f"{field}(?:{re.escape(sep)}{field}){{7}}", line), line
+
+
+@pytest.mark.parametrize("args", [
+    ("--format", "csv", "--sep", "tab"),
+    ("--format", "csv", "--sep", "|"),
+    ("--format", "json", "--sep", ";"),
+    ("--format", "bind", "--sep", ","),
+    ("--sep", ";"),  # the default format is the table
+    ("--json", "--sep", ";"),
+])
+def test_sep_is_for_csv_only_and_only_comma_or_semicolon(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str,
+    args: tuple[str, ...],
+) -> None:
+    case = CASES["01-ascii"]
+    seed(store, case, golden_public_key)
+    result = run_records(cli, monkeypatch, case, *args)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.count("\n") == 1 and "--sep" in result.err
 
 
 def test_json_shape_is_exactly_spec(cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch,

@@ -18,7 +18,8 @@ from relay.models import DkimKey, Tenant, TenantStatus
 from relay.settings import Settings
 from relay.store import SqliteStore
 from tests.factories import make_tenant
-from tests.nsd import Nsd, nsd_binary
+from tests.nsd import Nsd
+from tests.peers import require_binary
 from tests.relay_harness import (
     RCPT,
     RecordingUpstream,
@@ -46,8 +47,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """Tenants, keys, clients and NSD for the whole module (RSA keys and NSD cost time)."""
-    if nsd_binary() is None:
-        pytest.skip("nsd is not installed (make test installs it when run as root)")
+    require_binary("nsd", "nsd")  # fails under `make test`, skips under a bare pytest
     tmp = tmp_path_factory.mktemp("e2e")
     settings = make_settings(tmp, platform_sender="platform")
     store = SqliteStore(settings.database_path)

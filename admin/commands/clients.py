@@ -11,7 +11,7 @@ from admin.context import EXIT_OK, Context, UsageError
 from relay.credentials import hash_secret, new_secret
 from relay.models import AuditEntry, Client
 from relay.settings import Settings
-from relay.store import Store, utcnow
+from relay.store import utcnow
 
 ACTION = "client.add"
 
@@ -48,11 +48,10 @@ def overlap(new: list[str], taken: dict[str, str]) -> tuple[str, str, str] | Non
     return None
 
 
-def _check_scope(store: Store, tenants: list[str], networks: list[str]) -> None:
+def _check_scope(ctx: Context, tenants: list[str], networks: list[str]) -> None:
     for tenant in tenants:
-        if store.get_tenant(tenant) is None:
-            raise UsageError(f"--tenant: unknown tenant {tenant!r}")
-    taken = {n: c.name for c in store.list_clients() for n in c.networks}
+        ctx.tenant(tenant, "--tenant")
+    taken = {n: c.name for c in ctx.store.list_clients() for n in c.networks}
     clash = overlap(networks, taken)
     if clash is not None:
         mine, owner, theirs = clash
@@ -81,7 +80,7 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.store.transaction():
         if ctx.store.get_client(name) is not None:
             raise UsageError(f"NAME: client {name!r} already exists")
-        _check_scope(ctx.store, tenants, networks)
+        _check_scope(ctx, tenants, networks)
         ctx.store.add_client(client)
         ctx.store.add_audit(AuditEntry(
             time=client.created_at, actor=actor, action=ACTION,

@@ -1,4 +1,4 @@
-"""`relay-admin records TENANT [--format table|json|bind|csv]`: the DNS records a tenant must publish."""
+"""`relay-admin records TENANT [--format table|json|bind|csv] [--sep ,|;]`: the DNS records to publish."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from admin.context import EXIT_OK, Context, UsageError
 from admin.records import DnsRecord, records_for
-from admin.render import FORMATS, render
+from admin.render import CSV_SEPARATORS, FORMATS, render
 from relay.models import Tenant
 
 
@@ -19,14 +19,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("tenant", metavar="TENANT")
     parser.add_argument("--format", dest="format", choices=FORMATS, default=None,
                         help="output form (default: table; --json is --format json)")
+    parser.add_argument("--sep", choices=CSV_SEPARATORS, default=None, metavar="SEP",
+                        help="CSV field separator: ',' (default) or ';' (for spreadsheets whose "
+                             "list separator is ';')")
     parser.set_defaults(handler=run)
 
 
 def tenant_records(ctx: Context, tenant_id: str) -> tuple[Tenant, list[DnsRecord]]:
     """The tenant and every record it publishes, retiring keys included (still published until removed)."""
-    tenant = ctx.store.get_tenant(tenant_id)
-    if tenant is None:
-        raise UsageError(f"tenant: no tenant {tenant_id!r}")
+    tenant = ctx.tenant(tenant_id)
     records = records_for(
         tenant.sender,
         ctx.store.list_keys(tenant.id),
@@ -42,9 +43,17 @@ def chosen_format(requested: str | None, json_output: bool) -> str:
     return "json" if json_output else requested or "table"
 
 
+def chosen_separator(requested: str | None, fmt: str) -> str:
+    """The CSV separator; asking for one with another format is a usage error, not silently ignored."""
+    if requested is not None and fmt != "csv":
+        raise UsageError(f"--sep: only applies to --format csv, not {fmt}")
+    return requested or ","
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     fmt = chosen_format(args.format, ctx.json_output)
+    sep = chosen_separator(args.sep, fmt)
     ctx.authorize("records", tenant=args.tenant)
     tenant, records = tenant_records(ctx, args.tenant)
-    ctx.out.write(render(records, fmt, zone=tenant.sender.domain))
+    ctx.out.write(render(records, fmt, zone=tenant.sender.domain, sep=sep))
     return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from admin.context import EXIT_NEGATIVE, EXIT_OK, Context, UsageError
+from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
 from admin.sendtest import SendTestReport, UnknownTenant, recipient, run_send_test
 
 
@@ -24,12 +24,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     ctx.authorize("send-test", tenant=args.tenant)
     to = recipient(args.to)
-    if ctx.store.get_tenant(args.tenant) is None:
-        raise UsageError(f"TENANT: no tenant {args.tenant!r}")
+    ctx.tenant(args.tenant)  # before any work: the message names the store it looked in
     try:
         report = asyncio.run(run_send_test(ctx.settings, ctx.store, args.tenant, to))
     except UnknownTenant:  # removed between the two reads
-        raise UsageError(f"TENANT: no tenant {args.tenant!r}") from None
+        raise ctx.unknown_tenant(args.tenant) from None
     ctx.audit("send-test", tenant=report.tenant, detail=f"to {report.to}: {report.reply}")
     ctx.emit(report.to_json(), render(report))
     return EXIT_OK if report.accepted else EXIT_NEGATIVE

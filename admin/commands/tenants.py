@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from admin import inputs
-from admin.context import EXIT_OK, Context, UsageError
+from admin.context import EXIT_OK, Context, StorageError
 from admin.render import domain_label
-from admin.tenants import TenantChange, active_key, set_tenant
+from admin.tenants import KeyWriteError, TenantChange, active_key, set_tenant
 from relay import directory
 from relay.models import CheckResult, DkimKey, Sender, Tenant
 
@@ -112,7 +112,7 @@ def _sender_from_args(ctx: Context, tenant_id: str, args: argparse.Namespace) ->
     return Sender(name=name, email=address, domain=domain, return_path_label=label)
 
 
-def _summary(change: TenantChange) -> str:
+def _summary(change: TenantChange, key_file: Path) -> str:
     tid = change.tenant.id
     if not change.changed:
         return f"tenant {tid} unchanged"
@@ -120,26 +120,43 @@ def _summary(change: TenantChange) -> str:
         return f"tenant {tid}: name changed; key and status kept"
     verb = "created" if change.created else "changed"
     return (f"tenant {tid} {verb}: new DKIM key, selector {change.key.selector}, status pending\n"
+            f"key file: {key_file}\n"
             f"next: publish `relay-admin records {tid}`, then run `relay-admin validate {tid}`")
+
+
+def _set_tenant(ctx: Context, keys_dir: Path, tenant_id: str, sender: Sender,
+                actor: str) -> TenantChange:
+    """`set_tenant`, saying so when it had to create the keys directory (RELAY_KEYS_DIR may be relative)."""
+    new_dir = not keys_dir.exists()
+    try:
+        change = set_tenant(ctx.store, keys_dir, tenant_id, sender, actor=actor)
+    except KeyWriteError as exc:
+        raise StorageError(f"{exc}; RELAY_KEYS_DIR={ctx.settings.keys_dir} must be a directory this "
+                           "user can write; nothing changed") from None
+    if new_dir and keys_dir.is_dir():
+        ctx.notice(f"created the keys directory {keys_dir} (RELAY_KEYS_DIR={ctx.settings.keys_dir})")
+    return change
 
 
 def set_command(ctx: Context, args: argparse.Namespace) -> int:
     tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
     sender = _sender_from_args(ctx, tenant_id, args)
     actor = ctx.authorize("tenant.set", tenant=tenant_id)
-    change = set_tenant(ctx.store, Path(ctx.settings.keys_dir), tenant_id, sender, actor=actor)
+    # Absolute once, here: every path the command reports is then one the reader can find.
+    keys_dir = Path(ctx.settings.keys_dir).absolute()
+    change = _set_tenant(ctx, keys_dir, tenant_id, sender, actor)
+    key_file = keys_dir / change.key.key_file
     data = tenant_json(change.tenant, change.key, ctx.store.latest_checks(tenant_id))
     data["key_issued"] = change.key_issued
-    ctx.emit(data, _summary(change) + "\n\n" + tenant_text(data))
+    data["key_file"] = str(key_file)
+    ctx.emit(data, _summary(change, key_file) + "\n\n" + tenant_text(data))
     return EXIT_OK
 
 
 def show_command(ctx: Context, args: argparse.Namespace) -> int:
     tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
     ctx.authorize("tenant.show", tenant=tenant_id)
-    tenant = ctx.store.get_tenant(tenant_id)
-    if tenant is None:
-        raise UsageError(f"TENANT: unknown tenant {tenant_id!r}")
+    tenant = ctx.tenant(tenant_id)
     data = tenant_json(tenant, active_key(ctx.store, tenant.id), ctx.store.latest_checks(tenant.id))
     ctx.emit(data, tenant_text(data))
     return EXIT_OK

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from admin import inputs
-from admin.context import BOOTSTRAP_ACTOR, EXIT_OK, Context, PermissionDenied, UsageError
+from admin.context import BOOTSTRAP_ACTOR, EXIT_OK, Context, UsageError
+from admin.roles import OWNER_GRANT_REFUSAL
 from relay.models import AuditEntry, Role, User
 from relay.store import utcnow
 
@@ -21,7 +22,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("name", metavar="NAME", help="user name (a-z, 0-9, '.', '_', '-')")
     add.add_argument("--role", required=True, choices=[r.value for r in Role],
                      help="owner and admin change things; accountant may only look")
-    add.set_defaults(handler=add_user)
+    add.set_defaults(handler=add_user, may_create_store=may_create_store)
 
 
 def may_grant(actor_role: Role, new_role: Role) -> bool:
@@ -29,13 +30,26 @@ def may_grant(actor_role: Role, new_role: Role) -> bool:
     return new_role is not Role.OWNER or actor_role is Role.OWNER
 
 
+def _check_first_role(role: Role) -> None:
+    if role is Role.ACCOUNTANT:
+        # An accountant cannot add users, so a first accountant would lock everyone out.
+        raise UsageError("--role: the first user must be an owner or admin")
+
+
+def may_create_store(args: argparse.Namespace, actor: str | None) -> bool:
+    """Only a bootstrap starts a new store, and only once its input is known to be good."""
+    name = inputs.identifier(args.name, "NAME", "user name")
+    if actor not in (None, name):  # an acting user cannot exist in a store that does not
+        return False
+    _check_first_role(Role(args.role))
+    return True
+
+
 def _bootstrap(ctx: Context, name: str, role: Role) -> bool:
     """The very first user needs no acting user (SPEC.md); naming that same user is fine too."""
     if ctx.store.list_users() or ctx.actor_name not in (None, name):
         return False
-    if role is Role.ACCOUNTANT:
-        # An accountant cannot add users, so a first accountant would lock everyone out.
-        raise UsageError("--role: the first user must be an owner or admin")
+    _check_first_role(role)
     return True
 
 
@@ -48,9 +62,8 @@ def add_user(ctx: Context, args: argparse.Namespace) -> int:
         actor = ctx.authorize(ACTION)
         acting = ctx.store.get_user(actor)
         if acting is not None and not may_grant(acting.role, role):
-            reason = f"user {actor!r} ({acting.role.value}) may not add an owner"
-            ctx.audit(ACTION, outcome="denied", detail=f"{reason} ({name!r})")
-            raise PermissionDenied(f"permission denied: {reason}")
+            ctx.deny(ACTION, None, user=acting, why=OWNER_GRANT_REFUSAL,
+                     detail=f"user {actor!r} ({acting.role.value}) may not add an owner ({name!r})")
     now = utcnow()
     with ctx.store.transaction():
         if actor == BOOTSTRAP_ACTOR and ctx.store.list_users():  # another bootstrap won the race

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from admin.context import EXIT_NEGATIVE, EXIT_OK, Context, UsageError
+from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
 from admin.validation import UnknownTenant, ValidationReport, validate_tenant
 
 STATUS_LABEL = {"ok": "OK", "missing": "MISSING", "mismatch": "MISMATCH", "warning": "WARNING",
@@ -25,7 +25,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(validate_tenant(ctx.store, ctx.settings, args.tenant, actor=actor))
     except UnknownTenant:
-        raise UsageError(f"TENANT: no tenant {args.tenant!r}") from None
+        raise ctx.unknown_tenant(args.tenant) from None
     ctx.emit(report.to_json(), render(report))
     return EXIT_OK if report.verified else EXIT_NEGATIVE
 
