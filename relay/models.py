@@ -14,9 +14,17 @@ class Role(StrEnum):
 
 
 class TenantStatus(StrEnum):
+    """The sender's lifecycle (SPEC.md "Lifecycle"); the store converts it at its boundary."""
+
     PENDING = "pending"  # never verified
     VERIFIED = "verified"
-    # The lifecycle issue adds `degraded` and `failed`; the store keeps the status as text.
+    DEGRADED = "degraded"  # a required record fails definitively while verified; still sends as itself
+    FAILED = "failed"  # still failing after RELAY_GRACE: treated as not verified (platform sender)
+
+    @property
+    def sends_as_itself(self) -> bool:
+        """Whether mail leaves as the tenant's own sender, signed with its own key."""
+        return self in (TenantStatus.VERIFIED, TenantStatus.DEGRADED)
 
 
 class KeyState(StrEnum):
@@ -67,11 +75,14 @@ class DkimKey:
 class Tenant:
     id: str
     sender: Sender
-    status: TenantStatus | str
+    status: TenantStatus
     created_at: datetime
     updated_at: datetime
     last_validated_at: datetime | None = None
     verified_at: datetime | None = None
+    # When a required record was first seen failing definitively since the last full success;
+    # RELAY_GRACE counts from here (SPEC.md "Lifecycle"). None while everything is ok.
+    failing_since: datetime | None = None
 
 
 @dataclass(frozen=True)

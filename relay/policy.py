@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from relay.credentials import hash_secret, verify_secret
 from relay.mailbox import is_address
 from relay.message import field_name, field_value, split_header_body
-from relay.models import Client, Sender, Tenant, TenantStatus
+from relay.models import Client, Sender, Tenant
 from relay.replies import (
     AUTH_REQUIRED,
     BAD_ADDRESS,
@@ -34,9 +34,6 @@ from relay.replies import (
 from relay.rewrite import Identity
 
 
-# Statuses in which a tenant's own verified sender is used. `degraded` (a later lifecycle state)
-# still sends as the tenant; everything else (pending, failed, unknown text) goes as the platform.
-SENDS_AS_ITSELF = frozenset({TenantStatus.VERIFIED.value, "degraded"})
 
 
 def is_loopback(ip: str) -> bool:
@@ -162,11 +159,11 @@ def decide_identity(
     tenant: Tenant, tenants: Mapping[str, Tenant], *, platform_sender: str | None
 ) -> SendAs:
     """Verified tenant: its own sender. Otherwise the platform sender on its behalf, or 550 5.7.1."""
-    if str(tenant.status) in SENDS_AS_ITSELF:
+    if tenant.status.sends_as_itself:
         identity = Identity(display_name=tenant.sender.name, address=tenant.sender.email, reply_to=None)
         return SendAs(identity=identity, signer_tenant=tenant.id, sender=tenant.sender)
     platform = tenants.get(platform_sender) if platform_sender else None
-    if platform is None or str(platform.status) not in SENDS_AS_ITSELF:
+    if platform is None or not platform.status.sends_as_itself:
         raise ReplyError(TENANT_NOT_VERIFIED)
     identity = Identity(
         display_name=f"{tenant.sender.name} via {platform.sender.name}",

@@ -184,7 +184,35 @@ class Settings(BaseSettings):
     )
     dns_timeout: float = Field(default=5.0, gt=0, description="lifetime of one DNS question")
     reload_interval: float = Field(default=2.0, gt=0, description="how often the relay looks for admin changes")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0,
+        description="on SIGTERM/SIGINT, how long transactions under way may take to finish before 421",
+    )
     admin_user: str | None = Field(default=None, description="acting user of relay-admin (or --as)")
+
+    # The lifecycle (SPEC.md "Lifecycle").
+    revalidate_interval: float = Field(
+        default=3600.0, gt=0,
+        description="how often the relay re-checks verified tenants' DNS (pending ones back off up to it)",
+    )
+    grace: float = Field(
+        default=72 * 3600.0, ge=0,
+        description="how long a required record may fail definitively before a tenant becomes failed",
+    )
+    key_overlap: float = Field(
+        default=7 * 86400.0, ge=0,
+        description="how long a replaced DKIM key stays published (retiring) before it may be removed",
+    )
+    notify_url: str | None = Field(
+        default=None, description="http(s) URL that receives a JSON POST for every status change",
+    )
+    notify_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key signing each notification (X-Relay-Signature)",
+    )
+    dkim_ed25519: bool = Field(
+        default=False,
+        description="also sign with an Ed25519 key (RFC 8463), published under its own selector",
+    )
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -248,7 +276,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a readable file")
         return value
 
-    @field_validator("upstream_timeout", "session_timeout", "dns_timeout", "reload_interval", mode="before")
+    @field_validator("upstream_timeout", "session_timeout", "dns_timeout", "reload_interval", "shutdown_grace",
+                     "revalidate_interval", "grace", "key_overlap", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -267,7 +296,20 @@ class Settings(BaseSettings):
         if self.upstream_timeout >= self.session_timeout:
             # R5: the upstream budget must end before the client's session does.
             raise ValueError("RELAY_UPSTREAM_TIMEOUT must be shorter than RELAY_SESSION_TIMEOUT")
+        if self.notify_url is not None and not self.notify_secret:
+            # A receiver must be able to tell our notifications from anyone's POST.
+            raise ValueError("RELAY_NOTIFY_URL needs RELAY_NOTIFY_SECRET to sign its notifications")
         return self
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{_redact(value)!r}: use an http:// or https:// URL")
+        return value
 
     @property
     def database_path(self) -> Path:

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,18 @@ from relay.settings import Settings
 
 class StoreError(Exception):
     """The store cannot be opened or used (bad path, newer schema, locked too long)."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One queued RELAY_NOTIFY_URL POST (a JSON payload) and its delivery attempts so far."""
+
+    id: int
+    created_at: datetime
+    payload: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
 
 
 class StoreMissing(StoreError):
@@ -75,6 +88,14 @@ class Store(Protocol):
     def add_audit(self, entry: AuditEntry) -> None: ...
     def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]: ...
 
+    def acquire_lease(self, name: str, holder: str, until: datetime, now: datetime) -> bool: ...
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    def add_notification(self, payload: str, now: datetime) -> int: ...
+    def due_notifications(self, now: datetime, limit: int = 20) -> list[Notification]: ...
+    def notification_delivered(self, notification_id: int, now: datetime) -> None: ...
+    def notification_failed(self, notification_id: int, error: str, retry_at: datetime | None) -> None: ...
+
 
 # Each entry moves the schema one version up; applied in order inside one transaction.
 # Never edit a released migration: add the next one.
@@ -111,6 +132,19 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, tenant TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL);
     CREATE INDEX audit_tenant ON audit(tenant);
+    """,
+    # 2: the lifecycle. `failing_since` starts RELAY_GRACE; a lease lets exactly one process (of many
+    # workers or instances) run a given job, such as one tenant's re-validation; notifications is a
+    # transactional outbox for RELAY_NOTIFY_URL, written in the same transaction as the status change.
+    """
+    ALTER TABLE tenants ADD COLUMN failing_since TEXT;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TEXT NOT NULL);
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL, delivered_at TEXT, last_error TEXT NOT NULL DEFAULT '');
+    CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -192,11 +226,15 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                     raise StoreError(f"the store could not commit: {exc}") from exc
 
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+    def _write(self, sql: str, params: tuple[Any, ...] = (), *, bump: bool = True) -> int:
+        """Run one write; `bump=False` for rows the relay does not serve from (audit, checks,
+        leases, notifications), so they never make every relay worker rebuild its snapshot."""
         with self.transaction():
             try:
-                self._db.execute(sql, params)
-                self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                cursor = self._db.execute(sql, params)
+                if bump:
+                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                return cursor.rowcount
             except sqlite3.Error as exc:  # translated here, at the backend's one boundary
                 raise StoreError(f"the store refused a write: {exc}") from exc
 
@@ -233,16 +271,17 @@ class SqliteStore:
         s = tenant.sender
         self._write(
             """INSERT INTO tenants (id, name, email, domain, return_path_label, status,
-                   created_at, updated_at, last_validated_at, verified_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   created_at, updated_at, last_validated_at, verified_at, failing_since)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
                    domain = excluded.domain, return_path_label = excluded.return_path_label,
                    status = excluded.status, updated_at = excluded.updated_at,
-                   last_validated_at = excluded.last_validated_at, verified_at = excluded.verified_at""",
+                   last_validated_at = excluded.last_validated_at, verified_at = excluded.verified_at,
+                   failing_since = excluded.failing_since""",
             (
-                tenant.id, s.name, s.email, s.domain, s.return_path_label, str(tenant.status),
+                tenant.id, s.name, s.email, s.domain, s.return_path_label, tenant.status.value,
                 _ts(tenant.created_at), _ts(tenant.updated_at),
-                _ts(tenant.last_validated_at), _ts(tenant.verified_at),
+                _ts(tenant.last_validated_at), _ts(tenant.verified_at), _ts(tenant.failing_since),
             ),
         )
 
@@ -255,11 +294,10 @@ class SqliteStore:
 
     @staticmethod
     def _tenant(row: sqlite3.Row) -> Tenant:
-        status: TenantStatus | str
         try:
             status = TenantStatus(row["status"])
-        except ValueError:
-            status = row["status"]
+        except ValueError as exc:  # a status this program does not know: written by a newer one
+            raise StoreError(f"tenant {row['id']!r} has an unknown status {row['status']!r}") from exc
         return Tenant(
             id=row["id"],
             sender=Sender(
@@ -271,6 +309,7 @@ class SqliteStore:
             updated_at=_req_dt(row["updated_at"]),
             last_validated_at=_dt(row["last_validated_at"]),
             verified_at=_dt(row["verified_at"]),
+            failing_since=_dt(row["failing_since"]),
         )
 
     # DKIM keys
@@ -343,7 +382,7 @@ class SqliteStore:
     # validation results: the latest complete set per tenant replaces the previous one
     def save_checks(self, tenant_id: str, checks: list[CheckResult]) -> None:
         with self.transaction():
-            self._write("DELETE FROM checks WHERE tenant = ?", (tenant_id,))
+            self._write("DELETE FROM checks WHERE tenant = ?", (tenant_id,), bump=False)
             for c in checks:
                 self._write(
                     """INSERT INTO checks (tenant, purpose, type, name, status, expected, found,
@@ -352,6 +391,7 @@ class SqliteStore:
                         tenant_id, c.purpose, c.type, c.name, c.status.value, c.expected,
                         json.dumps(list(c.found)), c.diagnosis, int(c.required), _ts(c.checked_at),
                     ),
+                    bump=False,
                 )
 
     def latest_checks(self, tenant_id: str) -> list[CheckResult]:
@@ -371,6 +411,7 @@ class SqliteStore:
         self._write(
             "INSERT INTO audit (time, actor, action, tenant, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (_ts(entry.time), entry.actor, entry.action, entry.tenant, entry.outcome, entry.detail),
+            bump=False,
         )
 
     def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]:
@@ -385,6 +426,55 @@ class SqliteStore:
             )
             for row in rows
         ]
+
+    # leases: one holder at a time per name, until it expires (a crashed holder frees it by time)
+    def acquire_lease(self, name: str, holder: str, until: datetime, now: datetime) -> bool:
+        """Take or renew `name` for `holder` until `until`; False while another holder has it."""
+        changed = self._write(
+            """INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
+               ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+               WHERE leases.holder = excluded.holder OR leases.expires_at <= ?""",
+            (name, holder, _ts(until), _ts(now)),
+            bump=False,
+        )
+        return changed == 1
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._write("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder), bump=False)
+
+    # notifications: a transactional outbox for RELAY_NOTIFY_URL
+    def add_notification(self, payload: str, now: datetime) -> int:
+        with self.transaction():
+            self._write("INSERT INTO notifications (created_at, payload, next_attempt_at) VALUES (?, ?, ?)",
+                        (_ts(now), payload, _ts(now)), bump=False)
+            return int(self._rows("SELECT last_insert_rowid()")[0][0])
+
+    def due_notifications(self, now: datetime, limit: int = 20) -> list[Notification]:
+        rows = self._rows(
+            """SELECT * FROM notifications WHERE state = 'queued' AND next_attempt_at <= ?
+               ORDER BY id LIMIT ?""", (_ts(now), limit))
+        return [
+            Notification(id=row["id"], created_at=_req_dt(row["created_at"]), payload=row["payload"],
+                         attempts=row["attempts"], next_attempt_at=_req_dt(row["next_attempt_at"]),
+                         last_error=row["last_error"])
+            for row in rows
+        ]
+
+    def notification_delivered(self, notification_id: int, now: datetime) -> None:
+        self._write("""UPDATE notifications SET state = 'delivered', delivered_at = ?, attempts = attempts + 1
+                       WHERE id = ?""",
+                    (_ts(now), notification_id), bump=False)
+
+    def notification_failed(self, notification_id: int, error: str, retry_at: datetime | None) -> None:
+        """Count a failed attempt; `retry_at=None` gives up (kept, with its last error, for the record)."""
+        if retry_at is None:
+            self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = ?,
+                               state = 'abandoned' WHERE id = ?""",
+                        (error, notification_id), bump=False)
+        else:
+            self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = ?,
+                               next_attempt_at = ? WHERE id = ?""",
+                        (error, _ts(retry_at), notification_id), bump=False)
 
 
 def store_location(settings: Settings) -> str:
