@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from openpyxl import Workbook
@@ -25,10 +25,11 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from admin.export_texts import ExportTexts
 from admin.inputs import unicode_domain
-from admin.records import DnsRecord
+from admin.records import DnsRecord, human_time, removable
 from admin.render import split_txt
 from relay.atomicfile import write_atomically
 from relay.models import CheckResult, KeyState, Sender
+from relay.store import utcnow
 
 # DejaVu Sans ships with Debian (fonts-dejavu-core, which LibreOffice depends on). Without a name,
 # LibreOffice renders bold cells in a serif face; family 2 ("swiss") lets Excel on a machine without
@@ -163,9 +164,18 @@ def _check_cells(record: DnsRecord, checks: dict[tuple[str, str], CheckResult],
     return texts.statuses.get(check.status.value, check.status.value), check.diagnosis, when
 
 
-def _purpose_cell(record: DnsRecord, texts: ExportTexts) -> str:
+def _purpose_cell(record: DnsRecord, texts: ExportTexts, now: datetime) -> str:
+    """The purpose, and for a DKIM key its state and what to do: publish now, keep until, may go."""
     label = texts.purposes[record.purpose]
-    return f"{label} ({texts.states[record.state.value]})" if record.state is not None else label
+    if record.state is None:
+        return label
+    state = texts.states[record.state.value]
+    if record.state is KeyState.NEXT:
+        state += ": " + texts.key_publish_now
+    elif record.state is KeyState.RETIRING and record.remove_after is not None:
+        todo = texts.key_removable_since if removable(record.remove_after, now) else texts.key_keep_until
+        state += ": " + todo.format(until=human_time(record.remove_after))
+    return f"{label} ({state})"
 
 
 def zone_pieces(record: DnsRecord) -> str:
@@ -177,12 +187,12 @@ def zone_pieces(record: DnsRecord) -> str:
 
 
 def record_row(record: DnsRecord, checks: dict[tuple[str, str], CheckResult],
-               texts: ExportTexts) -> list[str]:
+               texts: ExportTexts, now: datetime) -> list[str]:
     """One record as the Records sheet shows it, in the column order of `texts.headers`."""
     status, diagnosis, when = _check_cells(record, checks, texts)
     return [
         record.type, record.relative_name, record.name, record.value, zone_pieces(record),
-        str(record.ttl), _purpose_cell(record, texts), texts.yes if record.required else texts.no,
+        str(record.ttl), _purpose_cell(record, texts, now), texts.yes if record.required else texts.no,
         status, diagnosis, when,
     ]
 
@@ -198,7 +208,7 @@ def sender_rows(sender: Sender, texts: ExportTexts) -> list[tuple[str, str]]:
 
 
 def fill_records_sheet(ws: Worksheet, sender: Sender, records: Sequence[DnsRecord],
-                       checks: Sequence[CheckResult], texts: ExportTexts) -> None:
+                       checks: Sequence[CheckResult], texts: ExportTexts, now: datetime) -> None:
     """The sender block, then one row per record under a header row; each cell text, wrapped."""
     for column, spec in enumerate(COLUMNS, start=1):
         ws.column_dimensions[get_column_letter(column)].width = spec.width
@@ -212,7 +222,7 @@ def fill_records_sheet(ws: Worksheet, sender: Sender, records: Sequence[DnsRecor
     for row, record in enumerate(records, start=HEADER_ROW + 1):
         set_height(ws, row, [
             _table_cell(ws, row, column, value, VALUE_FONT if spec.long_value else BODY_FONT)
-            for column, (spec, value) in enumerate(zip(COLUMNS, record_row(record, by_key, texts)),
+            for column, (spec, value) in enumerate(zip(COLUMNS, record_row(record, by_key, texts, now)),
                                                     start=1)])
     ws.freeze_panes = f"A{HEADER_ROW + 1}"  # the sender block and the header stay in view
     set_up_printing(ws, title_rows=f"{HEADER_ROW}:{HEADER_ROW}")
@@ -250,8 +260,8 @@ def set_up_printing(ws: Worksheet, *, title_rows: str | None = None) -> None:
     ws.HeaderFooter.oddFooter = footer
 
 
-def instruction_paragraphs(sender: Sender, records: Sequence[DnsRecord],
-                           texts: ExportTexts) -> list[tuple[str, bool]]:
+def instruction_paragraphs(sender: Sender, records: Sequence[DnsRecord], texts: ExportTexts,
+                           now: datetime) -> list[tuple[str, bool]]:
     """The Instructions sheet as (paragraph, is_heading), filled in for this tenant's names."""
     domain = unicode_domain(sender.domain)
     dkims = [r for r in records if r.purpose == "dkim"]
@@ -262,7 +272,7 @@ def instruction_paragraphs(sender: Sender, records: Sequence[DnsRecord],
         "name": sender.name, "email": sender.email, "domain": domain,
         "records_sheet": texts.records_sheet, "host_header": texts.headers[1],
         "value_header": texts.headers[3], "split_header": texts.headers[4],
-        "status_header": texts.headers[8], "diagnosis_header": texts.headers[9],
+        "purpose_header": texts.headers[6], "status_header": texts.headers[8], "diagnosis_header": texts.headers[9],
         "host": example.relative_name, "full": example.name,
         "doubled": f"{example.name}.{sender.domain}",
     }
@@ -274,8 +284,12 @@ def instruction_paragraphs(sender: Sender, records: Sequence[DnsRecord],
         (texts.per_record_heading, True),
     ]
     for record in records:
-        paragraphs.append((_record_template(record, texts).format(
-            **{**fields, "host": record.relative_name, "target": record.value}), False))
+        until = human_time(record.remove_after) if record.remove_after is not None else ""
+        paragraphs.append((_record_template(record, texts, now).format(
+            **{**fields, "host": record.relative_name, "target": record.value, "until": until}), False))
+    if any(r.state in (KeyState.NEXT, KeyState.RETIRING) for r in dkims):
+        paragraphs += [("", False), (texts.rotation_heading, True),
+                       (texts.rotation.format(**fields), False)]
     paragraphs += [("", False), (texts.mistakes_heading, True)]
     for template in (texts.mistake_double_domain, texts.mistake_quotes, texts.mistake_split):
         paragraphs.append((BULLET + template.format(**fields), False))
@@ -287,11 +301,16 @@ def instruction_paragraphs(sender: Sender, records: Sequence[DnsRecord],
     return paragraphs
 
 
-def _record_template(record: DnsRecord, texts: ExportTexts) -> str:
-    if record.purpose == "dkim":
-        state = record.state.value if record.state is not None else "active"
-        return {"next": texts.dkim_next, "retiring": texts.dkim_retiring}.get(state, texts.dkim)
-    return texts.return_path if record.purpose == "return-path" else texts.dmarc
+def _record_template(record: DnsRecord, texts: ExportTexts, now: datetime) -> str:
+    if record.purpose != "dkim":
+        return texts.return_path if record.purpose == "return-path" else texts.dmarc
+    if record.state is KeyState.NEXT:
+        return texts.dkim_next
+    if record.state is not KeyState.RETIRING:
+        return texts.dkim
+    if record.remove_after is None:
+        return texts.dkim_retiring
+    return texts.dkim_retired if removable(record.remove_after, now) else texts.dkim_retiring_until
 
 
 def fill_instructions_sheet(ws: Worksheet, paragraphs: Sequence[tuple[str, bool]]) -> None:
@@ -305,16 +324,17 @@ def fill_instructions_sheet(ws: Worksheet, paragraphs: Sequence[tuple[str, bool]
 
 
 def build_workbook(sender: Sender, records: Sequence[DnsRecord], checks: Sequence[CheckResult],
-                   texts: ExportTexts) -> Workbook:
-    """Both sheets, in `texts`' language, ready to save."""
+                   texts: ExportTexts, *, now: datetime | None = None) -> Workbook:
+    """Both sheets, in `texts`' language, ready to save; `now` judges whether a retiring key may go."""
+    now = now or utcnow()
     workbook = Workbook()
     use_font_everywhere(workbook, BODY_FONT)
     records_ws = workbook.active
     assert isinstance(records_ws, Worksheet)
     records_ws.title = texts.records_sheet
-    fill_records_sheet(records_ws, sender, records, checks, texts)
+    fill_records_sheet(records_ws, sender, records, checks, texts, now)
     fill_instructions_sheet(workbook.create_sheet(texts.instructions_sheet),
-                            instruction_paragraphs(sender, records, texts))
+                            instruction_paragraphs(sender, records, texts, now))
     workbook.properties.creator = "accounton-relay"
     return workbook
 

@@ -14,7 +14,9 @@ class ExportTexts:
     """Everything the export writes in words. Template fields:
 
     {name} {email} {domain} (as people read it) {records_sheet} {host} {target} {full} {doubled}
-    {host_header} {value_header} {split_header} {status_header} {diagnosis_header}
+    {host_header} {value_header} {split_header} {purpose_header} {status_header} {diagnosis_header};
+    {until} (a retiring key's remove-after time) in `dkim_retiring_until`, `dkim_retired` and
+    `key_keep_until`, `key_removable_since`.
     """
 
     records_sheet: str
@@ -27,6 +29,9 @@ class ExportTexts:
     no: str
     purposes: dict[str, str]  # dkim, return-path, dmarc
     states: dict[str, str]  # KeyState values
+    key_publish_now: str  # after a next key's state in the Purpose cell
+    key_keep_until: str  # after a retiring key's state, before its remove-after time
+    key_removable_since: str  # after a retiring key's state, once that time has passed
     statuses: dict[str, str]  # CheckStatus values
     title: str
     intro: str
@@ -34,9 +39,13 @@ class ExportTexts:
     per_record_heading: str
     dkim: str
     dkim_next: str
-    dkim_retiring: str
+    dkim_retiring: str  # a retiring key without a remove-after time
+    dkim_retiring_until: str
+    dkim_retired: str
     return_path: str
     dmarc: str
+    rotation_heading: str  # only when a key change is under way (a next or retiring key)
+    rotation: str
     mistakes_heading: str
     mistake_double_domain: str
     mistake_quotes: str
@@ -78,6 +87,9 @@ NL = ExportTexts(
     purposes={"dkim": "DKIM-sleutel", "return-path": "Retouradres (bounces, SPF)",
               "dmarc": "DMARC-beleid (advies)"},
     states={"active": "actief", "next": "volgende sleutel", "retiring": "wordt uitgefaseerd"},
+    key_publish_now="nu publiceren",
+    key_keep_until="laten staan tot {until}",
+    key_removable_since="mag weg sinds {until}",
     statuses={"ok": "in orde", "missing": "ontbreekt", "mismatch": "afwijkende waarde",
               "warning": "waarschuwing", "error": "kon niet worden gecontroleerd"},
     title="DNS-records voor {domain}",
@@ -105,6 +117,15 @@ NL = ExportTexts(
         "sleutelwissel nog worden gecontroleerd. Laat dit record staan totdat het platform meldt "
         "dat het weg kan."
     ),
+    dkim_retiring_until=(
+        "{host} (TXT, niet meer verplicht): de vorige DKIM-sleutel, waarmee berichten van vóór de "
+        "sleutelwissel nog worden gecontroleerd. Laat dit record staan tot {until}; daarna kunt u "
+        "het verwijderen."
+    ),
+    dkim_retired=(
+        "{host} (TXT, niet meer nodig): een oude DKIM-sleutel van vóór een sleutelwissel. Sinds "
+        "{until} wordt hij niet meer gebruikt; u kunt dit record nu verwijderen."
+    ),
     return_path=(
         "{host} (CNAME, verplicht): verwijst naar {target}. Dit is het retouradres (return-path) "
         "van het platform: bounces komen hier terug en SPF wordt op deze naam gecontroleerd. Het "
@@ -114,6 +135,16 @@ NL = ExportTexts(
         "{host} (TXT, advies): een DMARC-beleid. Voeg dit record alleen toe als {domain} nog geen "
         "DMARC-record heeft. Staat er al een DMARC-record op {host}, laat dat dan staan: niet "
         "vervangen en geen tweede toevoegen (bij twee DMARC-records negeren ontvangers ze allebei)."
+    ),
+    rotation_heading="Sleutelwissel",
+    rotation=(
+        "Het platform vervangt zijn DKIM-sleutel af en toe door een nieuwe. De nieuwe sleutel (de "
+        "volgende sleutel) krijgt een eigen naam: publiceer hem naast de huidige sleutel en laat de "
+        "huidige staan. Het platform controleert de DNS en ondertekent vanaf de validatie die de "
+        "nieuwe sleutel vindt met die sleutel. De oude sleutel blijft daarna nog een tijd nodig, "
+        "zodat berichten van vóór de wissel nog kunnen worden gecontroleerd. In de kolom "
+        "'{purpose_header}' op het tabblad '{records_sheet}' staat tot wanneer; na die datum kunt u "
+        "het oude record verwijderen."
     ),
     mistakes_heading="Veelgemaakte fouten",
     mistake_double_domain=(
@@ -165,6 +196,9 @@ EN = ExportTexts(
     purposes={"dkim": "DKIM key", "return-path": "Return path (bounces, SPF)",
               "dmarc": "DMARC policy (advice)"},
     states={"active": "active", "next": "next key", "retiring": "retiring"},
+    key_publish_now="publish now",
+    key_keep_until="keep until {until}",
+    key_removable_since="may be removed since {until}",
     statuses={"ok": "OK", "missing": "missing", "mismatch": "different value",
               "warning": "warning", "error": "could not check"},
     title="DNS records for {domain}",
@@ -190,6 +224,14 @@ EN = ExportTexts(
         "{host} (TXT, no longer required): an old DKIM key that still checks messages sent before "
         "the key change. Leave it until the platform says it may go."
     ),
+    dkim_retiring_until=(
+        "{host} (TXT, no longer required): the previous DKIM key, which still checks messages sent "
+        "before the key change. Leave it in place until {until}; after that you may delete it."
+    ),
+    dkim_retired=(
+        "{host} (TXT, no longer needed): an old DKIM key from before a key change. It has not been "
+        "needed since {until}; you may delete this record now."
+    ),
     return_path=(
         "{host} (CNAME, required): points to {target}. This is the platform's return path: bounces "
         "come back here and SPF is checked on this name. The SPF record of {domain} itself does not "
@@ -199,6 +241,15 @@ EN = ExportTexts(
         "{host} (TXT, advice only): a DMARC policy. Add it only if {domain} has no DMARC record yet. "
         "If a record already exists at {host}, keep it: do not replace it and do not add a second "
         "one (receivers ignore both when there are two)."
+    ),
+    rotation_heading="Key change",
+    rotation=(
+        "The platform replaces its DKIM key from time to time. The new key (the next key) has a "
+        "name of its own: publish it beside the current key and leave the current one in place. "
+        "The platform checks DNS, and from the validation that finds the new key it signs with it. "
+        "The old key is still needed for a while after that, so that messages signed before the "
+        "change can still be checked. Until when is in the column '{purpose_header}' on the sheet "
+        "'{records_sheet}'; after that date you may delete the old record."
     ),
     mistakes_heading="Common mistakes",
     mistake_double_domain=(
@@ -247,6 +298,9 @@ FR = _french(ExportTexts(
     purposes={"dkim": "Clé DKIM", "return-path": "Adresse de retour (rebonds, SPF)",
               "dmarc": "Politique DMARC (conseil)"},
     states={"active": "active", "next": "clé suivante", "retiring": "en retrait"},
+    key_publish_now="à publier maintenant",
+    key_keep_until="à conserver jusqu'au {until}",
+    key_removable_since="peut être supprimée depuis le {until}",
     statuses={"ok": "OK", "missing": "absent", "mismatch": "valeur différente",
               "warning": "avertissement", "error": "vérification impossible"},
     title="Enregistrements DNS pour {domain}",
@@ -274,6 +328,15 @@ FR = _french(ExportTexts(
         "messages envoyés avant le changement de clé. Conservez-la jusqu'à ce que la plateforme "
         "indique qu'elle peut être supprimée."
     ),
+    dkim_retiring_until=(
+        "{host} (TXT, plus obligatoire) : la clé DKIM précédente, qui sert encore à vérifier les "
+        "messages envoyés avant le changement de clé. Conservez-la jusqu'au {until} ; vous pourrez "
+        "ensuite la supprimer."
+    ),
+    dkim_retired=(
+        "{host} (TXT, plus nécessaire) : une ancienne clé DKIM, antérieure à un changement de clé. "
+        "Elle ne sert plus depuis le {until} ; vous pouvez supprimer cet enregistrement."
+    ),
     return_path=(
         "{host} (CNAME, obligatoire) : pointe vers {target}. C'est l'adresse de retour "
         "(return-path) de la plateforme : les rebonds y reviennent et SPF est vérifié sur ce nom. "
@@ -284,6 +347,16 @@ FR = _french(ExportTexts(
         "encore d'enregistrement DMARC. S'il en existe déjà un sur {host}, gardez-le : ne le "
         "remplacez pas et n'en ajoutez pas un second (s'il y en a deux, les destinataires les "
         "ignorent tous les deux)."
+    ),
+    rotation_heading="Changement de clé",
+    rotation=(
+        "La plateforme remplace de temps en temps sa clé DKIM. La nouvelle clé (la clé suivante) "
+        "porte un nom qui lui est propre : publiez-la à côté de la clé actuelle, sans supprimer "
+        "cette dernière. La plateforme vérifie le DNS et, dès la validation qui trouve la nouvelle "
+        "clé, signe avec celle-ci. L'ancienne clé reste nécessaire quelque temps encore, pour que "
+        "les messages signés avant le changement puissent toujours être vérifiés. La colonne "
+        "« {purpose_header} » de l'onglet « {records_sheet} » indique jusqu'à quand ; passé cette "
+        "date, vous pouvez supprimer l'ancien enregistrement."
     ),
     mistakes_heading="Erreurs fréquentes",
     mistake_double_domain=(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from relay.models import DkimKey, KeyState, Sender
@@ -21,6 +22,7 @@ class DnsRecord:
     required: bool
     zone: str  # the tenant's domain: `name` relative to it is what a DNS provider's form wants
     state: KeyState | None = None  # DKIM only: active / next / retiring
+    remove_after: datetime | None = None  # DKIM retiring only: when the record may be deleted
 
     @property
     def relative_name(self) -> str:
@@ -29,7 +31,8 @@ class DnsRecord:
             return "@"
         return self.name[: -len(self.zone) - 1]
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self, now: datetime | None = None) -> dict[str, object]:
+        """SPEC.md's shape; DKIM adds `state`, `remove_after` (retiring) and a `note` (next, retiring)."""
         data: dict[str, object] = {
             "type": self.type,
             "name": self.name,
@@ -40,7 +43,45 @@ class DnsRecord:
         }
         if self.state is not None:
             data["state"] = self.state.value
+        if self.state is KeyState.RETIRING:
+            data["remove_after"] = self.remove_after.isoformat() if self.remove_after else None
+        note = key_note(self.state, self.remove_after, now)
+        if note:
+            data["note"] = note
         return data
+
+
+def human_time(value: datetime) -> str:
+    """`2026-12-07 12:00 UTC`: how a time is written for people (and never read as a date by a spreadsheet)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def removable(remove_after: datetime | None, now: datetime) -> bool:
+    """Whether a retiring key's record may be deleted now (its overlap is over)."""
+    return remove_after is not None and remove_after <= now
+
+
+def key_note(state: KeyState | None, remove_after: datetime | None, now: datetime | None) -> str:
+    """What IT must do with a DKIM record in this state; "" for the active key (or no key at all)."""
+    if state is KeyState.NEXT:
+        return ("publish this record now, beside the active key: the relay switches to this key on "
+                "the first validation that sees it published")
+    if state is not KeyState.RETIRING:
+        return ""
+    if remove_after is None:
+        return "still verifies mail signed before the key change; keep it until the overlap is over"
+    if now is not None and removable(remove_after, now):
+        return f"safe to remove since {human_time(remove_after)}: delete this record from the zone"
+    return (f"still verifies mail signed before the key change: keep it published until "
+            f"{human_time(remove_after)}, then remove it")
+
+
+_LIFECYCLE = {KeyState.RETIRING: 0, KeyState.ACTIVE: 1, KeyState.NEXT: 2}
+
+
+def in_lifecycle_order(keys: list[DkimKey]) -> list[DkimKey]:
+    """Retiring, active, next (oldest first within a state): a key change read from top to bottom."""
+    return sorted(keys, key=lambda key: (_LIFECYCLE[key.state], key.created_at, key.selector))
 
 
 def dkim_value(public_key_b64: str) -> str:
@@ -61,7 +102,8 @@ def records_for(
     dmarc_rua: str | None = None,
     ttl: int = DEFAULT_TTL,
 ) -> list[DnsRecord]:
-    """Every record for one tenant: DKIM per published key, the return-path CNAME, DMARC advice.
+    """Every record for one tenant: DKIM per published key (retiring, active, next), the return-path
+    CNAME, DMARC advice.
 
     DMARC is never required: an existing record is checked, never replaced (SPEC.md).
     """
@@ -76,8 +118,9 @@ def records_for(
             required=key.state is not KeyState.RETIRING,
             zone=domain,
             state=key.state,
+            remove_after=key.remove_after if key.state is KeyState.RETIRING else None,
         )
-        for key in keys
+        for key in in_lifecycle_order(keys)
     ]
     records.append(
         DnsRecord(

@@ -7,9 +7,10 @@ import io
 import json
 import textwrap
 from collections.abc import Sequence
+from datetime import datetime
 
 from admin.inputs import unicode_domain
-from admin.records import DnsRecord
+from admin.records import DnsRecord, human_time, key_note, removable
 from relay.models import KeyState
 
 FORMATS = ("table", "json", "bind", "csv")
@@ -19,7 +20,7 @@ TXT_CHUNK = 255
 
 COMMENT_WIDTH = 100
 
-CSV_FIELDS = ("type", "name", "host", "value", "ttl", "purpose", "required", "state")
+CSV_FIELDS = ("type", "name", "host", "value", "ttl", "purpose", "required", "state", "remove_after")
 # `,` by default; `;` for spreadsheets whose list separator is `;` (Dutch, Belgian, French settings).
 CSV_SEPARATORS = (",", ";")
 
@@ -70,21 +71,25 @@ def zone_value(record: DnsRecord) -> str:
     return record.value.rstrip(".") + "."
 
 
-def records_json(records: Sequence[DnsRecord]) -> list[dict[str, object]]:
-    """SPEC.md `records --json`: {type,name,value,ttl,purpose,required}, plus `state` on DKIM keys."""
-    return [record.as_json() for record in records]
+def records_json(records: Sequence[DnsRecord], now: datetime | None = None) -> list[dict[str, object]]:
+    """SPEC.md `records --json`: {type,name,value,ttl,purpose,required}, plus `state` on DKIM keys,
+    `remove_after` on retiring ones and a `note` on next and retiring ones (judged at `now`)."""
+    return [record.as_json(now) for record in records]
 
 
-def render_json(records: Sequence[DnsRecord]) -> str:
-    return json.dumps(records_json(records), indent=2, ensure_ascii=False) + "\n"
+def render_json(records: Sequence[DnsRecord], now: datetime | None = None) -> str:
+    return json.dumps(records_json(records, now), indent=2, ensure_ascii=False) + "\n"
 
 
 def purpose_label(record: DnsRecord) -> str:
     return f"{record.purpose} ({record.state.value})" if record.state is not None else record.purpose
 
 
-def render_table(records: Sequence[DnsRecord], *, zone: str) -> str:
-    """Aligned columns for a terminal; the value comes last and whole, so it can be copied."""
+def render_table(records: Sequence[DnsRecord], *, zone: str, now: datetime | None = None) -> str:
+    """Aligned columns for a terminal; the value comes last and whole, so it can be copied.
+
+    A key change in progress adds a line per next or retiring key below: what to do with it.
+    """
     header = ("PURPOSE", "TYPE", "NAME", "TTL", "REQUIRED", "VALUE")
     rows = [header] + [
         (purpose_label(r), r.type, r.name, str(r.ttl), "yes" if r.required else "no", r.value)
@@ -95,6 +100,10 @@ def render_table(records: Sequence[DnsRecord], *, zone: str) -> str:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
         lines.append("  ".join([*cells, row[-1]]))
+    notes = [(r, key_note(r.state, r.remove_after, now)) for r in records]
+    if any(note for _, note in notes):
+        lines += ["", "Key change:"]
+        lines += [f"  {r.name} ({r.state}): {note}" for r, note in notes if note]
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +112,7 @@ def render_csv(records: Sequence[DnsRecord], *, sep: str = ",") -> str:
 
     `required` is `yes`/`no`, not `true`/`false`: spreadsheets turn the latter into booleans even
     when quoted (shown as WAAR/VRAI in Dutch and French ones). The TTL still opens as a number.
+    `remove_after` (retiring keys) is written `2026-12-07 12:00 UTC`, which stays text too.
     """
     if sep not in CSV_SEPARATORS:
         raise ValueError(f"unknown CSV separator {sep!r}")
@@ -113,23 +123,34 @@ def render_csv(records: Sequence[DnsRecord], *, sep: str = ",") -> str:
         writer.writerow([
             r.type, r.name, r.relative_name, r.value, str(r.ttl), r.purpose,
             "yes" if r.required else "no", r.state.value if r.state is not None else "",
+            human_time(r.remove_after) if r.remove_after is not None else "",
         ])
     return buffer.getvalue()
 
 
-def record_reason(record: DnsRecord) -> str:
+def _key_reason(record: DnsRecord, now: datetime | None) -> str:
+    """What a DKIM key's record is for in its state, and what to do with it."""
+    if record.state is KeyState.NEXT:
+        return "next: publish now, the relay switches to it once validated"
+    if record.state is KeyState.RETIRING:
+        if record.remove_after is None:
+            return "retiring: still verifies mail signed before the key change; keep it for now"
+        when = human_time(record.remove_after)
+        if now is not None and removable(record.remove_after, now):
+            return f"retiring: safe to remove since {when}"
+        return f"retiring: keep until {when}, then remove"
+    if record.state is KeyState.ACTIVE:
+        return "receivers verify the DKIM signature on every message from this domain with it"
+    return "receivers verify DKIM signatures with it"
+
+
+def record_reason(record: DnsRecord, now: datetime | None = None) -> str:
     """Why the record is there, and whether it is required: the comment above it in a zone file."""
     need = "Required." if record.required else "Optional."
     if record.purpose == "dkim":
         selector = record.name.split(".", 1)[0]
-        why = {
-            KeyState.ACTIVE: "receivers verify the DKIM signature on every message from this domain with it",
-            KeyState.NEXT: "the key we switch to once it is seen in DNS; publish it next to the active one",
-            KeyState.RETIRING: "still verifies mail signed before the key change; remove it once the overlap is over",
-            None: "receivers verify DKIM signatures with it",
-        }[record.state]
-        state = f", {record.state.value}" if record.state is not None else ""
-        return f"DKIM public key (selector {selector}{state}): {why}. {need}"
+        state = f", {record.state.value}" if record.state is KeyState.ACTIVE else ""
+        return f"DKIM public key (selector {selector}{state}): {_key_reason(record, now)}. {need}"
     if record.purpose == "return-path":
         return (
             f"Return path: the envelope sender's domain (where bounces go); it points at the platform "
@@ -141,7 +162,7 @@ def record_reason(record: DnsRecord) -> str:
     )
 
 
-def render_bind(records: Sequence[DnsRecord], *, zone: str) -> str:
+def render_bind(records: Sequence[DnsRecord], *, zone: str, now: datetime | None = None) -> str:
     """A zone snippet: `$ORIGIN`, names relative to it, a `;` comment before each record."""
     origin = zone.rstrip(".") + "."
     hosts = [r.relative_name for r in records]  # `@` for the origin itself
@@ -153,7 +174,7 @@ def render_bind(records: Sequence[DnsRecord], *, zone: str) -> str:
     ]
     for record, host in zip(records, hosts):
         lines.append("")
-        lines.extend(textwrap.wrap(record_reason(record), COMMENT_WIDTH,
+        lines.extend(textwrap.wrap(record_reason(record, now), COMMENT_WIDTH,
                                    initial_indent="; ", subsequent_indent="; "))
         lines.extend(_zone_lines(record, host.ljust(width)))
     return "\n".join(lines) + "\n"
@@ -174,14 +195,15 @@ def _zone_lines(record: DnsRecord, host: str) -> list[str]:
     return lines
 
 
-def render(records: Sequence[DnsRecord], fmt: str, *, zone: str, sep: str = ",") -> str:
-    """Dispatch on one of FORMATS; `sep` is the CSV field separator."""
+def render(records: Sequence[DnsRecord], fmt: str, *, zone: str, sep: str = ",",
+           now: datetime | None = None) -> str:
+    """Dispatch on one of FORMATS; `sep` is the CSV field separator, `now` judges retiring keys."""
     if fmt == "json":
-        return render_json(records)
+        return render_json(records, now)
     if fmt == "bind":
-        return render_bind(records, zone=zone)
+        return render_bind(records, zone=zone, now=now)
     if fmt == "csv":
         return render_csv(records, sep=sep)
     if fmt == "table":
-        return render_table(records, zone=zone)
+        return render_table(records, zone=zone, now=now)
     raise ValueError(f"unknown format {fmt!r}")

@@ -30,8 +30,12 @@ RULES: dict[str, Rule] = {
     "export": Rule(_EVERYONE, "export a tenant's DNS records"),
     "validate": Rule(_CHANGERS, "validate a tenant's DNS (it may change the tenant's status)",
                      "accountants can see the last validation with `relay-admin tenant show`"),
+    "revalidate": Rule(_CHANGERS, "re-validate tenants' DNS (it may change their status)",
+                       "accountants can see the last validation with `relay-admin tenant show`"),
     "client.add": Rule(_CHANGERS, "add clients"),
     "send-test": Rule(_CHANGERS, "send a test message"),
+    "key.rotate": Rule(_CHANGERS, "rotate a tenant's DKIM key",
+                       "accountants can see the keys and their states with `relay-admin tenant show`"),
     "audit": Rule(_EVERYONE, "read the audit log"),
 }
 PERMISSIONS: dict[str, frozenset[Role]] = {action: rule.roles for action, rule in RULES.items()}

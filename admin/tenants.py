@@ -4,7 +4,13 @@ A new tenant, or a changed address, domain or return-path label, gets a fresh RS
 selector and status `pending` (its records changed, so nothing about them is verified). A name-only
 change, or the same sender again, keeps key and status. The key file is written before the store
 transaction commits and removed again if anything fails, so the store never names a missing file and
-a failure leaves neither a stray key nor half a tenant.
+a failure leaves neither a stray key nor half a tenant. `issue_key` and `remove_written` do the same
+for `rotate-key` (admin.rotation).
+
+Old keys under the same domain follow the rotation's states: the active key becomes `retiring`, still
+published for RELAY_KEY_OVERLAP since mail it signed may still be verified; a `next` key that never
+signed becomes `retiring` with nothing to wait for (remove_after = now); a retiring key keeps its date.
+Under a new domain the old keys are deleted: nothing of the old domain belongs in the new records.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from pathlib import Path
 
 from relay import directory, dkimkeys
 from relay.models import AuditEntry, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.settings import Settings
 from relay.store import Store, utcnow
 
-# How long a replaced key stays published (RELAY_KEY_OVERLAP of the lifecycle issue, default 7d).
-DEFAULT_KEY_OVERLAP = timedelta(days=7)
+# How long a replaced key stays published: RELAY_KEY_OVERLAP's default, for callers without settings.
+DEFAULT_KEY_OVERLAP = timedelta(seconds=Settings.model_fields["key_overlap"].default)
 
 
 class KeyWriteError(Exception):
@@ -87,7 +94,7 @@ def set_tenant(
             change = _issue_key(store, keys_dir, tenant_id, existing, sender, actor=actor, now=now,
                                 key_overlap=key_overlap, written=written, obsolete=obsolete)
     except BaseException:
-        _remove_written(written)
+        remove_written(written)
         raise
     for path in obsolete:
         path.unlink(missing_ok=True)
@@ -109,9 +116,12 @@ def _keep_key(store: Store, existing: Tenant, key: DkimKey, sender: Sender, *, a
     return TenantChange(tenant, key, created=False, key_issued=False, changed=True)
 
 
-def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | None,
-               sender: Sender, *, actor: str, now: datetime, key_overlap: timedelta,
-               written: list[Path], obsolete: list[Path]) -> TenantChange:
+def issue_key(keys_dir: Path, tenant_id: str, state: KeyState, *, now: datetime,
+              written: list[Path]) -> DkimKey:
+    """A new RSA-2048 key under a new selector, its file written 0600; the store row is the caller's.
+
+    Every path created is appended to `written` (innermost last) for `remove_written` on failure.
+    """
     private = dkimkeys.generate_private_key()
     selector = dkimkeys.new_selector(now)
     relative = dkimkeys.key_path(tenant_id, selector)
@@ -123,18 +133,35 @@ def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | 
         dkimkeys.write_private_key(keys_dir, relative, private)
     except OSError as exc:  # unwritable, full, or RELAY_KEYS_DIR is not a directory
         raise KeyWriteError(path, exc) from exc
-    key = DkimKey(tenant=tenant_id, selector=selector, state=KeyState.ACTIVE,
-                  public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
-    tenant = _pending_tenant(tenant_id, existing, sender, now)
-    store.save_tenant(tenant)
-    moved = existing is not None and existing.sender.domain != sender.domain
+    return DkimKey(tenant=tenant_id, selector=selector, state=state,
+                   public_key_b64=dkimkeys.public_key_b64(private), key_file=relative, created_at=now)
+
+
+def _retire_old_keys(store: Store, keys_dir: Path, tenant_id: str, *, moved: bool, now: datetime,
+                     key_overlap: timedelta, obsolete: list[Path]) -> None:
+    """The tenant's keys before a new active one: retired by their state, or deleted on a new domain."""
     for old in store.list_keys(tenant_id):
         if moved:
             # Published under the old domain: nothing to keep in the new domain's records.
             store.delete_key(tenant_id, old.selector)
             obsolete.append(keys_dir / old.key_file)
-        elif old.state is not KeyState.RETIRING:
+        elif old.state is KeyState.ACTIVE:
             store.set_key_state(tenant_id, old.selector, KeyState.RETIRING, now + key_overlap)
+        elif old.state is KeyState.NEXT:
+            # It never signed anything: its record (if IT published it) may go at once.
+            store.set_key_state(tenant_id, old.selector, KeyState.RETIRING, now)
+
+
+def _issue_key(store: Store, keys_dir: Path, tenant_id: str, existing: Tenant | None,
+               sender: Sender, *, actor: str, now: datetime, key_overlap: timedelta,
+               written: list[Path], obsolete: list[Path]) -> TenantChange:
+    key = issue_key(keys_dir, tenant_id, KeyState.ACTIVE, now=now, written=written)
+    selector = key.selector
+    tenant = _pending_tenant(tenant_id, existing, sender, now)
+    store.save_tenant(tenant)
+    moved = existing is not None and existing.sender.domain != sender.domain
+    _retire_old_keys(store, keys_dir, tenant_id, moved=moved, now=now, key_overlap=key_overlap,
+                     obsolete=obsolete)
     store.add_key(key)
     if existing is not None:
         # The last validation judged the old records; they say nothing about the new ones.
@@ -158,7 +185,8 @@ def _pending_tenant(tenant_id: str, existing: Tenant | None, sender: Sender, now
     )
 
 
-def _remove_written(written: list[Path]) -> None:
+def remove_written(written: list[Path]) -> None:
+    """Undo `issue_key`: the file first, then the directories created for it (only if empty)."""
     for path in reversed(written):  # the file first, then the directories created for it
         try:
             if path.is_dir():

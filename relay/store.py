@@ -96,6 +96,14 @@ class Store(Protocol):
     def notification_delivered(self, notification_id: int, now: datetime) -> None: ...
     def notification_failed(self, notification_id: int, error: str, retry_at: datetime | None) -> None: ...
 
+    def set_client_secret(self, name: str, secret_hash: str) -> bool: ...
+
+    def save_lifecycle(
+        self, tenant_id: str, *, status: TenantStatus, failing_since: datetime | None,
+        verified_at: datetime | None, last_validated_at: datetime | None,
+    ) -> None: ...
+    def queued_notification(self, notification_id: int) -> Notification | None: ...
+
 
 # Each entry moves the schema one version up; applied in order inside one transaction.
 # Never edit a released migration: add the next one.
@@ -475,6 +483,40 @@ class SqliteStore:
             self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = ?,
                                next_attempt_at = ? WHERE id = ?""",
                         (error, _ts(retry_at), notification_id), bump=False)
+
+    def set_client_secret(self, name: str, secret_hash: str) -> bool:
+        """Replace a client's stored secret hash (its scope is untouched); False when there is no such client.
+
+        Bumps the generation: a running relay must see the new hash to accept the new secret.
+        """
+        return self._write("UPDATE clients SET secret_hash = ? WHERE name = ?", (secret_hash, name)) == 1
+
+    # the lifecycle's own columns, written without touching the sender (no lost `tenant set`)
+    def save_lifecycle(
+        self, tenant_id: str, *, status: TenantStatus, failing_since: datetime | None,
+        verified_at: datetime | None, last_validated_at: datetime | None,
+    ) -> None:
+        """Store a validation's result; the generation moves only when the status, which the relay
+        serves, changes (a timestamp alone must not make every relay worker rebuild its snapshot)."""
+        with self.transaction():
+            rows = self._rows("SELECT status FROM tenants WHERE id = ?", (tenant_id,))
+            if not rows:
+                raise StoreError(f"tenant {tenant_id!r} is not in the store")
+            self._write(
+                """UPDATE tenants SET status = ?, failing_since = ?, verified_at = ?,
+                       last_validated_at = ? WHERE id = ?""",
+                (status.value, _ts(failing_since), _ts(verified_at), _ts(last_validated_at), tenant_id),
+                bump=rows[0]["status"] != status.value,
+            )
+
+    def queued_notification(self, notification_id: int) -> Notification | None:
+        """One notification while it still waits for delivery (None once delivered or given up)."""
+        rows = self._rows("SELECT * FROM notifications WHERE id = ? AND state = 'queued'",
+                          (notification_id,))
+        return Notification(id=rows[0]["id"], created_at=_req_dt(rows[0]["created_at"]),
+                            payload=rows[0]["payload"], attempts=rows[0]["attempts"],
+                            next_attempt_at=_req_dt(rows[0]["next_attempt_at"]),
+                            last_error=rows[0]["last_error"]) if rows else None
 
 
 def store_location(settings: Settings) -> str:

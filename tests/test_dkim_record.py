@@ -15,9 +15,9 @@ from admin.dkimrecord import Verdict, assess, our_key
 from admin.dnscheck import Answer, DnsError, Failure, NoData, Question, Record
 from admin.records import dkim_value, records_for
 from admin.taglist import TagListError, parse_tag_list
-from admin.validation import COULD_NOT_CHECK, NOT_VERIFIED, VERIFIED, next_state, outcome_of
+from admin.validation import COULD_NOT_CHECK, NOT_VERIFIED, VERIFIED, outcome_of
 from relay import dkimkeys
-from relay.models import CheckResult, CheckStatus, Sender, Tenant, TenantStatus
+from relay.models import CheckResult, CheckStatus, Sender
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -147,19 +147,6 @@ def test_outcome_counts_only_required_checks_and_error_wins() -> None:
     assert outcome_of([result(CheckStatus.MISSING), result(CheckStatus.ERROR)]) == COULD_NOT_CHECK
     no_key = dataclasses.replace(ok, purpose="return-path")
     assert outcome_of([no_key]) == NOT_VERIFIED
-
-
-def test_next_state_changes_status_only_on_a_complete_positive_answer() -> None:
-    pending = Tenant("acme", SENDER, TenantStatus.PENDING, NOW, NOW)
-    assert next_state(pending, VERIFIED, NOW).status == TenantStatus.VERIFIED
-    assert next_state(pending, VERIFIED, NOW).verified_at == NOW
-    for outcome in (NOT_VERIFIED, COULD_NOT_CHECK):
-        after = next_state(pending, outcome, NOW)
-        assert after.status == TenantStatus.PENDING and after.last_validated_at == NOW
-    verified = Tenant("acme", SENDER, TenantStatus.VERIFIED, NOW, NOW, verified_at=datetime(2024, 1, 1, tzinfo=UTC))
-    for outcome in (NOT_VERIFIED, COULD_NOT_CHECK, VERIFIED):
-        after = next_state(verified, outcome, NOW)
-        assert after.status == TenantStatus.VERIFIED and after.verified_at == verified.verified_at
 
 
 def test_durations_read_naturally() -> None:

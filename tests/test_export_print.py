@@ -68,8 +68,9 @@ def tenant_during_a_key_change(store: Store, settings: Settings) -> list[str]:
     keys = [active.public_key_b64]
     for state, selector in ((KeyState.RETIRING, "ar20240101oldkey"), (KeyState.NEXT, "ar20260101newkey")):
         public = dkimkeys.public_key_b64(dkimkeys.generate_private_key())
+        remove_after = CHECKED + timedelta(days=7) if state is KeyState.RETIRING else None
         store.add_key(DkimKey("rot", selector, state, public, dkimkeys.key_path("rot", selector),
-                              active.created_at + timedelta(seconds=len(keys))))
+                              active.created_at + timedelta(seconds=len(keys)), remove_after))
         keys.append(public)
     return keys
 

@@ -31,6 +31,7 @@ from tests.conftest import CliResult
 GOLDEN = Path(__file__).parent / "golden"
 SELECTOR = "ar20240101golden"
 FIXED_TIME = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+KEEP_UNTIL = datetime(2099, 1, 8, 12, 0, tzinfo=UTC)  # a retiring key's remove-after, still ahead
 ACCOUNTANT = "carol"
 FORMATS = ("bind", "csv", "json", "table")
 IDN_DOMAIN = idna.encode("bücher-müller.test", uts46=True).decode("ascii")
@@ -73,11 +74,12 @@ def store(relay_env: Path) -> Iterator[Store]:
 
 
 def seed(store: Store, case: Case, public_key: str, *, state: KeyState = KeyState.ACTIVE,
-         selector: str = SELECTOR, created_at: datetime = FIXED_TIME) -> None:
+         selector: str = SELECTOR, created_at: datetime = FIXED_TIME,
+         remove_after: datetime | None = None) -> None:
     if store.get_tenant(case.tenant) is None:
         store.save_tenant(Tenant(case.tenant, case.sender, TenantStatus.PENDING, FIXED_TIME, FIXED_TIME))
     store.add_key(DkimKey(case.tenant, selector, state, public_key,
-                          dkimkeys.key_path(case.tenant, selector), created_at))
+                          dkimkeys.key_path(case.tenant, selector), created_at, remove_after))
 
 
 def run_records(cli: Cli, monkeypatch: pytest.MonkeyPatch, case: Case, *args: str) -> CliResult:
@@ -176,12 +178,13 @@ def test_csv_parses_back_to_the_json_records(
     result = run_records(cli, monkeypatch, case, "--format", "csv", "--sep", sep)
     assert (result.code, result.err) == (0, "")
     rows = list(csv.reader(io.StringIO(result.out, newline=""), delimiter=sep))
-    assert rows[0] == ["type", "name", "host", "value", "ttl", "purpose", "required", "state"]
-    assert len(rows) == len(expected) + 1 and all(len(row) == 8 for row in rows)
+    assert rows[0] == ["type", "name", "host", "value", "ttl", "purpose", "required", "state",
+                       "remove_after"]
+    assert len(rows) == len(expected) + 1 and all(len(row) == 9 for row in rows)
     for row, record in zip(rows[1:], expected):
         assert row[:6] == [record["type"], record["name"], row[2], record["value"], str(record["ttl"]),
                            record["purpose"]]
-        assert row[6:] == ["yes" if record["required"] else "no", record.get("state", "")]
+        assert row[6:] == ["yes" if record["required"] else "no", record.get("state", ""), ""]
         assert f"{row[2]}.{case.sender.domain}" == row[1]
     assert ";" in rows[1][3] and rows[1][3].endswith(golden_public_key)  # the DKIM value, whole
 
@@ -196,7 +199,7 @@ def test_csv_is_rfc4180_every_field_quoted_crlf(
     assert out.endswith("\r\n") and "\n" not in out.replace("\r\n", "") and "\r" not in out.replace("\r\n", "")
     field = '"[^"]*"'  # no value of ours holds a quote; RFC 4180 would double it
     for line in out.split("\r\n")[:-1]:
-        assert re.fullmatch(f"{field}(?:{re.escape(sep)}{field}){{7}}", line), line
+        assert re.fullmatch(f"{field}(?:{re.escape(sep)}{field}){{8}}", line), line
 
 
 @pytest.mark.parametrize("args", [
@@ -260,16 +263,51 @@ def test_retiring_and_next_keys_are_still_published(
     case = CASES["01-ascii"]
     later = FIXED_TIME.replace(hour=13)
     seed(store, case, golden_public_key, state=KeyState.RETIRING, selector="arold",
-         created_at=FIXED_TIME.replace(hour=11))
+         created_at=FIXED_TIME.replace(hour=11), remove_after=KEEP_UNTIL)
     seed(store, case, golden_public_key)
     seed(store, case, golden_public_key, state=KeyState.NEXT, selector="arnext", created_at=later)
     dkim = [r for r in json_records(cli, monkeypatch, case) if r["purpose"] == "dkim"]
     assert [(str(r["name"]).split(".")[0], r["state"], r["required"]) for r in dkim] == [
         ("arold", "retiring", False), (SELECTOR, "active", True), ("arnext", "next", True)]
     bind = run_records(cli, monkeypatch, case, "--format", "bind").out
-    assert "selector arold, retiring" in bind and "remove it once the overlap is over. Optional." in bind
+    assert "(selector arold): retiring: keep until 2099-01-08 12:00 UTC, then remove. Optional." \
+        in " ".join(line.removeprefix("; ") for line in bind.splitlines())
+    assert "(selector arnext): next: publish now, the relay switches to it once validated. Required." \
+        in " ".join(line.removeprefix("; ") for line in bind.splitlines())
     zone = dns.zone.from_text(bind, origin=case.sender.domain, check_origin=False)
     assert {"arold._domainkey", "arnext._domainkey"} <= {n.to_text() for n in zone.nodes}
+
+
+def test_json_carries_state_remove_after_and_what_to_do(
+    cli: Cli, store: Store, monkeypatch: pytest.MonkeyPatch, golden_public_key: str
+) -> None:
+    case = CASES["01-ascii"]
+    seed(store, case, golden_public_key, state=KeyState.RETIRING, selector="arpast",
+         created_at=FIXED_TIME.replace(hour=10), remove_after=FIXED_TIME)
+    seed(store, case, golden_public_key, state=KeyState.RETIRING, selector="arold",
+         created_at=FIXED_TIME.replace(hour=11), remove_after=KEEP_UNTIL)
+    seed(store, case, golden_public_key)
+    seed(store, case, golden_public_key, state=KeyState.NEXT, selector="arnext",
+         created_at=FIXED_TIME.replace(hour=13))
+    past, old, active, new = [r for r in json_records(cli, monkeypatch, case) if r["purpose"] == "dkim"]
+    assert (past["state"], past["remove_after"]) == ("retiring", "2024-01-01T12:00:00+00:00")
+    assert str(past["note"]).startswith("safe to remove since 2024-01-01 12:00 UTC")
+    assert (old["state"], old["remove_after"]) == ("retiring", KEEP_UNTIL.isoformat())
+    assert "keep it published until 2099-01-08 12:00 UTC, then remove it" in str(old["note"])
+    assert "note" not in active and "remove_after" not in active
+    assert "remove_after" not in new and "published" in str(new["note"])
+    assert "first validation" in str(new["note"])
+    table = run_records(cli, monkeypatch, case).out
+    assert "dkim (next)" in table and "dkim (retiring)" in table
+    notes = table.split("\nKey change:\n", 1)[1].splitlines()
+    assert [line.split(" (")[0].strip() for line in notes] == [
+        f"{s}._domainkey.acme.test" for s in ("arpast", "arold", "arnext")]
+    rows = list(csv.reader(io.StringIO(run_records(cli, monkeypatch, case, "--format", "csv").out)))
+    assert [row[7:] for row in rows[1:5]] == [["retiring", "2024-01-01 12:00 UTC"],
+                                              ["retiring", "2099-01-08 12:00 UTC"],
+                                              ["active", ""], ["next", ""]]
+    bind = " ".join(run_records(cli, monkeypatch, case, "--format", "bind").out.split("\n; "))
+    assert "(selector arpast): retiring: safe to remove since 2024-01-01 12:00 UTC. Optional." in bind
 
 
 def test_unknown_tenant_is_exit_2_in_one_line(cli: Cli, store: Store) -> None:

@@ -429,15 +429,18 @@ def test_verified_tenant_whose_dns_cannot_be_checked_stays_verified(
     assert site.store.list_audit("acme")[-1].detail == "could not check"
 
 
-def test_verified_tenant_with_a_missing_record_stays_verified_for_now(
+def test_verified_tenant_with_a_missing_record_is_degraded(
     cli: Cli, make_site: Callable[..., Site]
 ) -> None:
     site = make_site(status=TenantStatus.VERIFIED)
     site.serve(site.cname)
     code, report = validate(cli)
     assert check(report, "dkim")["status"] == "missing"
-    assert report["outcome"] == "not verified" and report["status"] == "verified"
-    assert site.reload().status == TenantStatus.VERIFIED
+    assert report["outcome"] == "not verified" and report["status"] == "degraded"
+    assert code == 1 and report["verified"] is False
+    tenant = site.reload()
+    assert tenant.status == TenantStatus.DEGRADED and tenant.failing_since == tenant.last_validated_at
+    assert [e.action for e in site.store.list_audit("acme")][-2:] == ["status.change", "validate"]
     assert site.store.list_audit("acme")[-1].detail == "not verified"
 
 

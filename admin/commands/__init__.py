@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from admin.commands import clients, export, records, send_test, tenants, users, validate
+from admin.commands import (
+    audit,
+    clients,
+    export,
+    records,
+    revalidate,
+    rotate_key,
+    send_test,
+    tenants,
+    users,
+    validate,
+)
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (users, tenants, records, export, validate, clients, send_test)
+COMMAND_MODULES: tuple[ModuleType, ...] = (users, tenants, records, export, validate, clients, send_test,
+                                        rotate_key, revalidate, audit)

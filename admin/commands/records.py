@@ -9,6 +9,7 @@ from admin.context import EXIT_OK, Context, UsageError
 from admin.records import DnsRecord, records_for
 from admin.render import CSV_SEPARATORS, FORMATS, render
 from relay.models import Tenant
+from relay.store import utcnow
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -55,5 +56,5 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     sep = chosen_separator(args.sep, fmt)
     ctx.authorize("records", tenant=args.tenant)
     tenant, records = tenant_records(ctx, args.tenant)
-    ctx.out.write(render(records, fmt, zone=tenant.sender.domain, sep=sep))
+    ctx.out.write(render(records, fmt, zone=tenant.sender.domain, sep=sep, now=utcnow()))
     return EXIT_OK

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from admin import inputs
 from admin.context import EXIT_OK, Context, StorageError
+from admin.records import human_time, in_lifecycle_order, key_note
 from admin.render import domain_label
-from admin.tenants import KeyWriteError, TenantChange, active_key, set_tenant
+from admin.tenants import KeyWriteError, TenantChange, set_tenant
 from relay import directory
 from relay.models import CheckResult, DkimKey, Sender, Tenant
+from relay.store import utcnow
 
 DEFAULT_RETURN_PATH = "bounce"
 
@@ -40,9 +42,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def tenant_json(tenant: Tenant, key: DkimKey | None,
-                checks: list[CheckResult] | None = None) -> dict[str, Any]:
-    """The `tenant show --json` object; `tenant list --json` leaves out `checks`."""
+def key_json(key: DkimKey, domain: str, now: datetime) -> dict[str, Any]:
+    """One DKIM key as `tenant show --json` lists it: selector, state, times, its record, what to do."""
+    return {
+        "selector": key.selector,
+        "state": key.state.value,
+        "name": f"{key.selector}._domainkey.{domain}",
+        "created_at": _iso(key.created_at),
+        "remove_after": _iso(key.remove_after),
+        "note": key_note(key.state, key.remove_after, now),
+    }
+
+
+def tenant_json(tenant: Tenant, key: DkimKey | None, checks: list[CheckResult] | None = None,
+                keys: list[DkimKey] | None = None) -> dict[str, Any]:
+    """The `tenant show --json` object; `tenant list --json` leaves out `checks` and `keys`."""
     s = tenant.sender
     data: dict[str, Any] = {
         "tenant": tenant.id,
@@ -59,6 +73,9 @@ def tenant_json(tenant: Tenant, key: DkimKey | None,
         "last_validated_at": _iso(tenant.last_validated_at),
         "verified_at": _iso(tenant.verified_at),
     }
+    if keys is not None:
+        now = utcnow()
+        data["keys"] = [key_json(k, s.domain, now) for k in in_lifecycle_order(keys)]
     if checks is not None:
         data["checks"] = [
             {
@@ -87,6 +104,8 @@ def tenant_text(data: dict[str, Any]) -> str:
         ("verified", data["verified_at"] or "never"),
     ]
     lines = [f"{label + ':':<16}{value}" for label, value in rows]
+    if data.get("keys") is not None:
+        lines += keys_text(data["keys"])
     checks = data.get("checks")
     if checks is not None:
         lines.append(f"{'checks:':<16}" + ("" if checks else "none yet (run `relay-admin validate`)"))
@@ -95,6 +114,23 @@ def tenant_text(data: dict[str, Any]) -> str:
             if c["diagnosis"]:
                 lines.append(f"    {c['diagnosis']}")
     return "\n".join(lines)
+
+
+def keys_text(keys: list[dict[str, Any]]) -> list[str]:
+    """`keys:` then one line per key (selector, state, created, remove after) and what to do with it."""
+    lines = ["keys:" if keys else f"{'keys:':<16}none"]
+    for k in keys:
+        line = f"  {k['selector']:<18}{k['state']:<10}created {_human(k['created_at'])}"
+        if k["remove_after"]:
+            line += f"  remove after {_human(k['remove_after'])}"
+        lines.append(line)
+        if k["note"]:
+            lines.append(f"    {k['note']}")
+    return lines
+
+
+def _human(iso: str) -> str:
+    return human_time(datetime.fromisoformat(iso))
 
 
 def _sender_from_args(ctx: Context, tenant_id: str, args: argparse.Namespace) -> Sender:
@@ -129,7 +165,8 @@ def _set_tenant(ctx: Context, keys_dir: Path, tenant_id: str, sender: Sender,
     """`set_tenant`, saying so when it had to create the keys directory (RELAY_KEYS_DIR may be relative)."""
     new_dir = not keys_dir.exists()
     try:
-        change = set_tenant(ctx.store, keys_dir, tenant_id, sender, actor=actor)
+        change = set_tenant(ctx.store, keys_dir, tenant_id, sender, actor=actor,
+                            key_overlap=timedelta(seconds=ctx.settings.key_overlap))
     except KeyWriteError as exc:
         raise StorageError(f"{exc}; RELAY_KEYS_DIR={ctx.settings.keys_dir} must be a directory this "
                            "user can write; nothing changed") from None
@@ -146,7 +183,8 @@ def set_command(ctx: Context, args: argparse.Namespace) -> int:
     keys_dir = Path(ctx.settings.keys_dir).absolute()
     change = _set_tenant(ctx, keys_dir, tenant_id, sender, actor)
     key_file = keys_dir / change.key.key_file
-    data = tenant_json(change.tenant, change.key, ctx.store.latest_checks(tenant_id))
+    data = tenant_json(change.tenant, change.key, ctx.store.latest_checks(tenant_id),
+                       ctx.store.list_keys(tenant_id))
     data["key_issued"] = change.key_issued
     data["key_file"] = str(key_file)
     ctx.emit(data, _summary(change, key_file) + "\n\n" + tenant_text(data))
@@ -157,7 +195,8 @@ def show_command(ctx: Context, args: argparse.Namespace) -> int:
     tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
     ctx.authorize("tenant.show", tenant=tenant_id)
     tenant = ctx.tenant(tenant_id)
-    data = tenant_json(tenant, active_key(ctx.store, tenant.id), ctx.store.latest_checks(tenant.id))
+    keys = ctx.store.list_keys(tenant.id)
+    data = tenant_json(tenant, directory.active_key(keys), ctx.store.latest_checks(tenant.id), keys)
     ctx.emit(data, tenant_text(data))
     return EXIT_OK
 

@@ -1,56 +1,128 @@
-"""`relay-admin validate TENANT`: check the tenant's DNS now and update its status."""
+"""`relay-admin validate TENANT`: check the tenant's DNS now and update its status.
+
+The same check as `revalidate`, under the same rules (`admin.validation`). When another process is
+checking the tenant at this moment (the relay's own re-validation, say), it does not wait: it says so
+and exits 1; that check's result shows in `relay-admin tenant show` a few seconds later.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from admin import lifecycle, notify
+from admin.checks.common import duration
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
-from admin.validation import UnknownTenant, ValidationReport, validate_tenant
+from admin.notify import Delivery
+from admin.validation import COULD_NOT_CHECK, UnknownTenant, ValidationReport, validate_tenant
+from relay.models import CheckResult, TenantStatus
 
 STATUS_LABEL = {"ok": "OK", "missing": "MISSING", "mismatch": "MISMATCH", "warning": "WARNING",
                 "error": "COULD NOT CHECK"}
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser("validate", parents=[common], help="check DNS now, update status",
-                                 description="Check the tenant's DNS records now and update its status.")
+    parser = commands.add_parser(
+        "validate", parents=[common], help="check DNS now, update status",
+        description="Check the tenant's DNS records now and update its status. Exit 0: verified; "
+                    "1: not verified, or the check was skipped (another process is checking the "
+                    "tenant) or discarded (its sender or keys changed during the check).")
     parser.add_argument("tenant", metavar="TENANT")
     parser.set_defaults(handler=run)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     actor = ctx.authorize("validate", tenant=args.tenant)
+    holder = lifecycle.default_holder()
     try:
-        report = asyncio.run(validate_tenant(ctx.store, ctx.settings, args.tenant, actor=actor))
+        report = asyncio.run(validate_tenant(ctx.store, ctx.settings, args.tenant, actor=actor,
+                                             holder=holder))
     except UnknownTenant:
         raise ctx.unknown_tenant(args.tenant) from None
-    ctx.emit(report.to_json(), render(report))
+    ctx.emit(report.to_json(), render(report, grace=ctx.settings.grace))
+    send_notifications(ctx, report.notifications, holder=holder)
     return EXIT_OK if report.verified else EXIT_NEGATIVE
 
 
-def render(report: ValidationReport) -> str:
-    """One block per check: status, name, expected, found, diagnosis."""
-    lines = [f"{report.tenant}: {_headline(report)}", ""]
+def send_notifications(ctx: Context, ids: Sequence[int], *, holder: str, due: bool = False) -> None:
+    """One delivery attempt right after the commit; a failure is a warning, retried later."""
+    if ctx.settings.notify_url is None or not (ids or due):
+        return
+    deliveries = asyncio.run(notify.deliver_due(ctx.store, ctx.settings, holder=holder) if due
+                             else notify.deliver(ctx.store, ctx.settings, ids, holder=holder))
+    for delivery in deliveries:
+        if not delivery.delivered:
+            ctx.notice(undelivered(delivery, notify.where(ctx.settings.notify_url)))
+
+
+def undelivered(delivery: Delivery, url: str) -> str:
+    later = (f"queued, next attempt after {when(delivery.retry_at)}" if delivery.retry_at
+             else "given up after 24 hours of attempts")
+    return (f"warning: notification {delivery.notification} could not be delivered to {url}"
+            f" ({delivery.error}); {later}")
+
+
+def when(value: datetime) -> str:
+    return f"{value:%Y-%m-%d %H:%M} UTC"
+
+
+def render(report: ValidationReport, *, grace: float) -> str:
+    """The headline, what changed, then one block per check: status, name, expected, found, diagnosis."""
+    lines = [f"{report.tenant}: {headline(report, grace=grace)}", ""]
+    if report.skipped or report.discarded:  # checks of records that no longer apply would mislead
+        return lines[0]
+    if report.changed:
+        lines.insert(1, f"status: {report.status_before} -> {report.status}")
+    if report.promotion is not None:
+        p = report.promotion
+        retiring = (f"; {p.retiring} is retiring: keep its record published until {when(p.remove_after)}"
+                    if p.retiring and p.remove_after else "")
+        lines.insert(1, f"key: {p.active} was seen published and signs from now on{retiring}")
     for check in report.checks:
-        label = STATUS_LABEL.get(check.status.value, check.status.value.upper())
-        optional = "" if check.required else " (optional)"
-        lines.append(f"[{label}] {check.purpose}{optional}: {check.type} {check.name}")
-        lines.append(f"  expected:  {check.expected}")
-        found = list(check.found) or ["(nothing)"]
-        lines.append(f"  found:     {found[0]}")
-        lines.extend(f"             {item}" for item in found[1:])
-        lines.append(f"  diagnosis: {check.diagnosis}")
-        lines.append("")
+        lines.extend(check_block(check))
     return "\n".join(lines)
 
 
-def _headline(report: ValidationReport) -> str:
-    if report.outcome == "verified":
-        return "verified: every required record is published correctly"
-    if report.outcome == "could not check":
+def check_block(check: CheckResult) -> list[str]:
+    label = STATUS_LABEL.get(check.status.value, check.status.value.upper())
+    optional = "" if check.required else " (optional)"
+    found = list(check.found) or ["(nothing)"]
+    return [f"[{label}] {check.purpose}{optional}: {check.type} {check.name}",
+            f"  expected:  {check.expected}",
+            f"  found:     {found[0]}",
+            *(f"             {item}" for item in found[1:]),
+            f"  diagnosis: {check.diagnosis}",
+            ""]
+
+
+def headline(report: ValidationReport, *, grace: float) -> str:
+    """One sentence: the status after the check, and what it means for mail."""
+    if report.skipped:
+        return f"not checked: {report.skipped}; see `relay-admin tenant show {report.tenant}` shortly"
+    if report.discarded:
+        return (f"result discarded: {report.discarded}, so it judged records that no longer apply;"
+                f" nothing was stored (status {report.status}). Validate again to check the records"
+                " as they are now")
+    if report.outcome == COULD_NOT_CHECK:
         return f"could not check every record; status unchanged ({report.status})"
-    if report.verified:
-        return "required records are not all in order; the tenant stays verified for now"
+    if report.status == TenantStatus.VERIFIED:
+        return "verified: every required record is published correctly"
+    if report.status == TenantStatus.DEGRADED:
+        return _degraded(report, grace)
+    if report.status == TenantStatus.FAILED:
+        since = f" since {when(report.failing_since)}" if report.failing_since else ""
+        return (f"failed: a required record has failed{since} ({report.reason}), longer than"
+                f" RELAY_GRACE; mail leaves as the platform sender until the records marked below"
+                " are fixed and validated again")
     return f"not verified ({report.status}): fix the records marked below, then validate again"
+
+
+def _degraded(report: ValidationReport, grace: float) -> str:
+    until = when(report.failed_after) if report.failed_after else "RELAY_GRACE has passed"
+    since = f" at {when(report.failing_since)}" if report.failing_since else ""
+    return (f"degraded: {report.reason}. Mail still leaves as {report.sender} until {until}"
+            f" (RELAY_GRACE, {duration(int(grace))}, after the first failure{since}), then as the platform"
+            " sender: fix the records marked below, then validate again")
