@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RELAY_UPSTREAM=outbox:/data/outbox
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY relay ./relay
 COPY admin ./admin
 RUN pip install --no-cache-dir . \

@@ -1,8 +1,14 @@
 """What a running relay knows of the store: tenants, clients and ready signers, as one swappable snapshot.
 
 A background task polls `store.generation()` every `reload_interval` and swaps in a new snapshot, so
-admin changes (validation, names, clients, keys) reach a running relay within seconds. Keys are
-loaded once and kept in memory; a key file is read again only when its identity on disk changes
+admin changes (validation, names, clients, keys) reach a running relay within seconds; a login with a
+client name not yet known looks at once. A reload is logged only when what the relay serves changed
+(`changes`): an audit row or a new user also moves the generation, and says nothing.
+
+The store may not exist yet (a fresh install): the directory then serves nothing and tries to open it
+at every poll, never creating it (`relay-admin user add` does).
+
+Keys are loaded once and kept in memory; a key file is read again only when its identity on disk changes
 (tenant, selector, domain, inode, mtime, ctime: a `chmod` changes ctime). Keys fail closed per tenant: a
 broken key leaves that tenant without a signer (451 4.3.5 at send time) and logs one line naming
 tenant and selector; other tenants are unaffected.
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from relay.dkimkeys import KeyFileError, load_private_key
 from relay.models import Client, DkimKey, KeyState, Tenant
 from relay.replies import KEY_UNAVAILABLE, ReplyError
 from relay.signer import DkimSigner
-from relay.store import Store
+from relay.store import Store, StoreMissing
 
 log = logging.getLogger("relay.directory")
 
@@ -65,22 +71,87 @@ def _stamp(keys_dir: Path, key: DkimKey, domain: str) -> KeyStamp | None:
     return (key.tenant, key.selector, domain, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
 
 
-class Directory:
-    """Holds the current snapshot; `load()` builds the next one, reusing signers whose file is unchanged."""
+def _plural(count: int, noun: str) -> str:
+    """`1 tenant`, `2 tenants`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
-    def __init__(self, store: Store, *, keys_dir: Path, reload_interval: float) -> None:
+
+def _compare(old: Mapping[str, Hashable], new: Mapping[str, Hashable], noun: str) -> list[str]:
+    """`N noun added/changed/removed` for two views keyed by id; nothing for what is equal."""
+    changed = sum(1 for key in old.keys() & new.keys() if old[key] != new[key])
+    counts = ((len(new.keys() - old.keys()), "added"), (changed, "changed"), (len(old.keys() - new.keys()), "removed"))
+    return [f"{_plural(count, noun)} {verb}" for count, verb in counts if count]
+
+
+def _served_tenants(snapshot: Snapshot) -> dict[str, Hashable]:
+    """Each tenant as the relay acts on it: sender and status (timestamps change nothing it does)."""
+    return {tid: (tenant.sender, str(tenant.status)) for tid, tenant in snapshot.tenants.items()}
+
+
+def _served_clients(snapshot: Snapshot) -> dict[str, Hashable]:
+    """Each client as the relay acts on it: secret hash, scope and networks."""
+    return {name: (client.secret_hash, client.all_tenants, client.tenants, client.networks)
+            for name, client in snapshot.clients.items()}
+
+
+def _served_keys(snapshot: Snapshot, tenants: set[str]) -> dict[str, Hashable]:
+    """Each tenant's signing key as the relay sees it: selector, file and that file's identity on disk."""
+    keys = {tid: snapshot.keys.get(tid) for tid in tenants}
+    return {tid: (key.selector, key.key_file, snapshot.stamps.get(tid)) if key else None for tid, key in keys.items()}
+
+
+def changes(old: Snapshot, new: Snapshot) -> list[str]:
+    """What a reload changed in what the relay serves, e.g. `["1 tenant changed", "1 client added"]`."""
+    kept = old.tenants.keys() & new.tenants.keys()  # an added tenant's key is part of "tenant added"
+    return (_compare(_served_tenants(old), _served_tenants(new), "tenant")
+            + _compare(_served_clients(old), _served_clients(new), "client")
+            + _compare(_served_keys(old, kept), _served_keys(new, kept), "key"))
+
+
+class Directory:
+    """Holds the current snapshot; `load()` builds the next one, reusing signers whose file is unchanged.
+
+    `store` is the store to read, or None to open it with `opener` once it exists (the directory then
+    owns it, and `close()` closes it).
+    """
+
+    def __init__(self, store: Store | None, *, keys_dir: Path, reload_interval: float,
+                 opener: Callable[[], Store] | None = None) -> None:
         self._store = store
+        self._opener = opener
+        self._owned: Store | None = None
         self._keys_dir = keys_dir
         self._interval = reload_interval
         self._logged: set[tuple[str, KeyStamp | None, str]] = set()
+        self._polling = asyncio.Lock()
+        self._last_error = ""
         self.current = Snapshot(generation=-1, tenants={}, clients={}, signers={})
+
+    def close(self) -> None:
+        """Close the store if this directory opened it."""
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+    def _attach(self) -> bool:
+        """Open the store if there is none yet; False while it does not exist (blocking)."""
+        if self._store is not None or self._opener is None:
+            return False
+        try:
+            self._store = self._owned = self._opener()
+        except StoreMissing:
+            return False
+        return True
 
     def load(self) -> Snapshot:
         """Build and install a snapshot now (blocking: the store and key files are read)."""
-        self.current = self._build(self.current)
+        self._attach()
+        if self._store is not None:
+            self.current = self._build(self.current)
         return self.current
 
     def _build(self, previous: Snapshot) -> Snapshot:
+        assert self._store is not None
         generation = self._store.generation()  # read first: a write meanwhile only causes a re-read
         tenants = {tenant.id: tenant for tenant in self._store.list_tenants()}
         clients = {client.name: client for client in self._store.list_clients()}
@@ -117,6 +188,8 @@ class Directory:
 
     def _changed(self) -> bool:
         snapshot = self.current
+        if self._store is None:
+            return False
         if self._store.generation() != snapshot.generation:
             return True
         return any(
@@ -124,17 +197,31 @@ class Directory:
             for tenant, key in snapshot.keys.items()
         )
 
+    async def reload(self) -> list[str]:
+        """Open the store once it exists, rebuild on any change; what changed in what the relay serves."""
+        opened = await asyncio.to_thread(self._attach)
+        if not (opened or await asyncio.to_thread(self._changed)):
+            return []
+        previous = self.current
+        self.current = await asyncio.to_thread(self._build, previous)
+        return (["store opened"] if opened else []) + changes(previous, self.current)
+
+    async def poll(self) -> None:
+        """Look at the store once: log what changed, or keep the last good snapshot and say why (once per error)."""
+        async with self._polling:  # one look at a time: the loop's and a login's never log the same change twice
+            try:
+                changed = await self.reload()
+            except Exception as exc:  # keep serving with what we have; the store may come back
+                if str(exc) != self._last_error:
+                    log.error("directory reload failed, keeping the last snapshot: %s", exc)
+                self._last_error = str(exc)
+                return
+            self._last_error = ""
+            if changed:
+                log.info("directory reloaded: %s", ", ".join(changed))
+
     async def reload_forever(self) -> None:
-        """Poll for changes; a failing store keeps the last good snapshot (and says so once per error)."""
-        last_error = ""
+        """Poll for changes every `reload_interval` seconds."""
         while True:
             await asyncio.sleep(self._interval)
-            try:
-                if await asyncio.to_thread(self._changed):
-                    self.current = await asyncio.to_thread(self._build, self.current)
-                    log.info("directory reloaded: generation %d", self.current.generation)
-                last_error = ""
-            except Exception as exc:  # keep serving with what we have; the store may come back
-                if str(exc) != last_error:
-                    log.error("directory reload failed, keeping the last snapshot: %s", exc)
-                last_error = str(exc)
+            await self.poll()

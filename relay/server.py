@@ -11,6 +11,10 @@ Deliberate departures from stock aiosmtpd (1.4.6):
 - Over RELAY_MAX_CONNECTIONS[_PER_IP] (relay.limits, counted per process) a connection gets
   `421 4.7.0` instead of the greeting and is closed before any session exists.
 - An idle session is told `421 4.4.2` before it is closed; aiosmtpd would just drop it.
+- On stop (`RunningRelay.stop`, SIGTERM/SIGINT in `relay.main`) the listener closes at once, a session in
+  DATA finishes its transaction (up to RELAY_SHUTDOWN_GRACE), and every session then gets
+  `421 4.3.2 <hostname> shutting down` before it is closed (RFC 5321 3.8; relay.limits.Drain keeps
+  count); aiosmtpd would just drop them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay.directory import Directory
-from relay.limits import ConnectionCounter
+from relay.limits import ConnectionCounter, Drain, plural, shutting_down
 from relay.pipeline import Pipeline
 from relay.rdns import ReverseDns
 from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
@@ -40,11 +44,12 @@ from relay.replies import (
     TOO_BIG,
     TOO_MANY_CONNECTIONS,
     TOO_MANY_RECIPIENTS,
+    Reply,
     ReplyError,
 )
 from relay.settings import Settings
 from relay.smtpdata import read_data
-from relay.store import Store, utcnow
+from relay.store import Store, open_store, utcnow
 from relay.transaction import Peer, Transaction, new_transaction_id
 from relay.upstream import Upstream, make_upstream
 
@@ -89,7 +94,8 @@ class RelaySMTP(SMTP):
 
     _table_names: ClassVar[tuple[str, ...]]  # what aiosmtpd's __init__ looks for in dir(self)
 
-    def __init__(self, handler: Any, *, max_size: int, connections: ConnectionCounter, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, max_size: int, connections: ConnectionCounter, drain: Drain | None = None,
+                 **kwargs: Any) -> None:
         # aiosmtpd 1.4 builds its command and AUTH tables from dir(self) and inspect.getmembers(self),
         # which getattr()s each of ~250 names: ~0.1 ms on every connection. While it does, dir() lists
         # only the names those tables keep (the same tables: tests/test_hotpath.py compares them).
@@ -98,6 +104,7 @@ class RelaySMTP(SMTP):
         self._building_tables = False
         self._max_size = max_size
         self._connections = connections
+        self._drain = drain if drain is not None else Drain()
         self._counted_ip: str | None = None  # set while this connection holds a slot
         self._refused = False
 
@@ -113,21 +120,25 @@ class RelaySMTP(SMTP):
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if self._original_transport is None:  # the first call; aiosmtpd calls again after STARTTLS
+            if self._drain.reply is not None:  # accepted just before the listener closed
+                self._refuse(transport, self._drain.reply)
+                return
             if not self._connections.acquire(ip):
-                self._refuse(transport, ip)
+                log.warning("refused a connection from %s: %d open from it, %d in all",
+                            ip, self._connections.count(ip), self._connections.total)
+                self._refuse(transport, TOO_MANY_CONNECTIONS)
                 return
             self._counted_ip = ip
+            self._drain.opened(self)
         super().connection_made(transport)
         # RFC 4954 4: no AUTH in the clear, except on loopback where nothing crosses a wire.
         self._auth_require_tls = not is_loopback(ip)
 
-    def _refuse(self, transport: asyncio.BaseTransport, ip: str) -> None:
+    def _refuse(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
         """RFC 5321 3.8: 421 in place of the greeting, then close; no session, no handler task."""
         self._refused = True
-        log.warning("refused a connection from %s: %d open from it, %d in all",
-                    ip, self._connections.count(ip), self._connections.total)
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"{TOO_MANY_CONNECTIONS}\r\n".encode("ascii"))
+        transport.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # flushes the 421 first; no data is read from here on
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -136,17 +147,22 @@ class RelaySMTP(SMTP):
         if self._counted_ip is not None:  # aiosmtpd may call this twice (a failed STARTTLS)
             self._connections.release(self._counted_ip)
             self._counted_ip = None
+        self._drain.closed(self)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's session timeout: it only closes; we first say why (RFC 5321 4.5.3.2)."""
+        self.end(IDLE_TIMEOUT)
+
+    def end(self, reply: Reply) -> None:
+        """Send `reply` (a 421) unasked and close: RFC 5321 3.8, the client reads it at its next command."""
         transport = self.transport
         if transport is None:
             return
         # Not while a TLS handshake owns the socket: plaintext there would only corrupt it.
         if (isinstance(transport, asyncio.WriteTransport) and transport is not self._original_transport
                 and not transport.is_closing()):
-            transport.write(f"{IDLE_TIMEOUT}\r\n".encode("ascii"))
+            transport.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # as aiosmtpd does: connection_lost() then ends the handler and the slot
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -177,6 +193,18 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        # A stop lets this transaction finish (RELAY_SHUTDOWN_GRACE), then ends the session.
+        self._drain.set_busy(self, True)
+        try:
+            await self._transaction()
+        finally:
+            self._drain.set_busy(self, False)
+        if self._drain.reply is not None:
+            self.end(self._drain.reply)
+
+    async def _transaction(self) -> None:
+        """From the 354 to the reply to the final dot."""
+        assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             content = await read_data(self._reader, max_size=self._max_size)
@@ -261,6 +289,10 @@ class Hooks:
             name, secret = login.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False)
+        if name not in self._directory.current.clients:
+            # Perhaps added a moment ago: look now rather than at the next poll, so a service whose
+            # credentials were just issued logs in at once (a cheap look; a rebuild only on a change).
+            await self._directory.poll()
         client = await self._auth.authenticate(self._directory.current.clients, name, secret)
         if client is None:
             log.warning("auth failed: ip=%s user=%r", ip, name[:64])  # the user name, never the secret
@@ -341,9 +373,13 @@ class Hooks:
         return str(INTERNAL_ERROR)
 
 
+# After the grace, how long sessions cut short get to unwind (their abandoned-transaction lines, R6).
+UNWIND_TIMEOUT = 5.0
+
+
 @dataclass
 class RunningRelay:
-    """A relay serving in this event loop; `close()` stops listening, ends sessions and the reloader."""
+    """A relay serving in this event loop; `stop()` ends it politely, `close()` at once."""
 
     server: asyncio.Server
     directory: Directory
@@ -352,13 +388,34 @@ class RunningRelay:
     connections: ConnectionCounter  # this process's open sessions, for the limits and for tests
     pipeline: Pipeline  # its tenant gate and signing threads
     rdns: ReverseDns
+    drain: Drain
+    hostname: str
 
     @property
     def address(self) -> tuple[str, int]:
         name = self.server.sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
+    async def stop(self, *, grace: float, reason: str) -> None:
+        """Stop listening at once; transactions under way get `grace` seconds; then 421 to all (RFC 5321 3.8)."""
+        self.server.close()  # the listening socket closes: new connections are refused by the kernel
+        self.reloader.cancel()
+        busy = self.drain.busy
+        under_way = f", {busy} with a transaction under way (up to {grace:g}s to finish)" if busy else ""
+        log.info("stopping on %s: no longer accepting; %s open%s",
+                 reason, plural(self.drain.open, "session"), under_way)
+        self.drain.begin(shutting_down(self.hostname))
+        if not await self.drain.wait(grace):
+            cut = self.drain.cut()
+            if cut:
+                log.warning("shutdown grace of %gs is over: %s cut short with 421 (the client retries)",
+                            grace, plural(cut, "transaction"))
+            await self.drain.wait(UNWIND_TIMEOUT)
+        await self.close()
+        log.info("stopped")
+
     async def close(self) -> None:
+        """End everything now: no 421, transactions under way are abandoned (R6 logs them)."""
         self.reloader.cancel()
         self.server.close()
         for session in list(self.sessions):
@@ -367,14 +424,20 @@ class RunningRelay:
         await self.server.wait_closed()
         self.pipeline.close()
         self.rdns.close()
+        self.directory.close()
 
 
 async def start_relay(
-    settings: Settings, store: Store, *, sock: socket.socket | None = None, upstream: Upstream | None = None
+    settings: Settings, store: Store | None, *, sock: socket.socket | None = None, upstream: Upstream | None = None
 ) -> RunningRelay:
-    """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`."""
+    """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`.
+
+    With `store=None` the relay opens RELAY_DATABASE itself, never creating it: while it does not exist
+    the relay serves no client and its reloader keeps looking for it.
+    """
     quiet_aiosmtpd_log()
-    directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval)
+    directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
+                          opener=lambda: open_store(settings, create=False))
     await asyncio.to_thread(directory.load)
     pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings))
     rdns = ReverseDns()
@@ -382,12 +445,14 @@ async def start_relay(
     context = tls_context(settings)
     sessions: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
     connections = ConnectionCounter(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
+    drain = Drain()
 
     def factory() -> RelaySMTP:
         protocol = RelaySMTP(
             hooks,
             max_size=settings.max_message_size,
             connections=connections,
+            drain=drain,
             hostname=settings.hostname,
             ident="ESMTP accounton-relay",
             tls_context=context,
@@ -405,4 +470,5 @@ async def start_relay(
         server = await loop.create_server(factory, settings.listen.host, settings.listen.port, reuse_address=True)
     reloader = asyncio.create_task(directory.reload_forever())
     return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions,
-                        connections=connections, pipeline=pipeline, rdns=rdns)
+                        connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
+                        hostname=settings.hostname)

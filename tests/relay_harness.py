@@ -1,5 +1,6 @@
-"""Test harness for the relay: the relay in-process on port 0, a recording upstream, scripted misbehaving
-upstreams, real SMTP clients (smtplib in a thread, or a raw socket), and DKIM checks against NSD."""
+"""Test harness for the relay: the relay in-process on port 0 or as a real process, a recording upstream,
+scripted misbehaving upstreams, real SMTP clients (smtplib in a thread, or a raw socket), and DKIM checks
+against NSD."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import re
+import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import dns.message
 import dns.query
@@ -35,6 +42,8 @@ from tests.factories import make_client
 from tests.nsd import zone_text
 
 RCPT = "someone@example.test"
+RELAY_SCRIPT = Path(sys.executable).with_name("relay")
+ADMIN_SCRIPT = Path(sys.executable).with_name("relay-admin")
 
 
 def make_settings(tmp: Path, **fields: Any) -> Settings:
@@ -168,6 +177,7 @@ class Script:
     after_dot: str = "250 2.0.0 Ok: queued"
     stall_at: str | None = None
     pause_data_after: int | None = None  # stop reading DATA after this many bytes until `resume`
+    hold_after_dot: bool = False  # set `dot_arrived`, then answer `after_dot` only once `release` is set
 
 
 class ScriptedUpstream:
@@ -183,6 +193,8 @@ class ScriptedUpstream:
         self.stalled = asyncio.Event()
         self.paused = asyncio.Event()
         self.resume = asyncio.Event()
+        self.dot_arrived = asyncio.Event()
+        self.release = asyncio.Event()
         self.raw_data = b""  # DATA bytes as received, complete or not
         self.closed = asyncio.Event()
         self.port = 0
@@ -255,6 +267,9 @@ class ScriptedUpstream:
                     self.raw_data += await reader.read()  # whatever still comes, until EOF
                     return
                 self.data = await reader.readuntil(b"\r\n.\r\n")
+                self.dot_arrived.set()
+                if self.script.hold_after_dot:
+                    await self.release.wait()
                 if self.script.after_dot == "drop":
                     writer.transport.abort()
                     return
@@ -271,6 +286,118 @@ class ScriptedUpstream:
             else:
                 say("250 2.0.0 Ok")
             await writer.drain()
+
+
+# ---------------------------------------------------------------- the relay as a process
+
+
+def process_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `relay` or `relay-admin` process working under `tmp` (no RELAY_* inherited)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
+    env.update({
+        "RELAY_DATABASE": f"sqlite:///{tmp / 'relay.db'}",
+        "RELAY_KEYS_DIR": str(tmp / "keys"),
+        "RELAY_UPSTREAM": f"outbox:{tmp / 'outbox'}",
+        "RELAY_LISTEN": "127.0.0.1:0",
+        "RELAY_HOSTNAME": "relay.test",
+        "RELAY_RETURN_PATH_TARGET": "bounces.relay.test",
+    })
+    env.update(extra)
+    return env
+
+
+class RelayProcess:
+    """The `relay` console script as a child process: its banner, its log lines as they arrive, its exit.
+
+    Output is read by threads into lists; `wait_line` waits on a condition for a matching line (bounded),
+    so tests synchronise on what the relay says, never on sleeps."""
+
+    def __init__(self, env: dict[str, str], cwd: Path | None = None) -> None:
+        self.process = subprocess.Popen([str(RELAY_SCRIPT)], env=env, cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._ended: set[str] = set()
+        self._changed = threading.Condition()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
+                         for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._changed:
+                self._lines[name].append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended.add(name)
+            self._changed.notify_all()
+
+    def lines(self, name: str = "stderr") -> list[str]:
+        with self._changed:
+            return list(self._lines[name])
+
+    def wait_line(self, pattern: str, name: str = "stderr", timeout: float = 20.0) -> str:
+        """The first line of `name` matching the regex `pattern`, waiting up to `timeout` seconds for it."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self._lines[name] if re.search(pattern, line)), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or name in self._ended:
+                    raise AssertionError(f"the relay wrote no {name} line matching {pattern!r}; stdout: "
+                                         f"{self._lines['stdout']}; stderr: {self._lines['stderr']}")
+                self._changed.wait(remaining)
+
+    def banner(self) -> list[str]:
+        """The start-up banner (stdout), once its next-step line is out."""
+        self.wait_line(r"^relay: (next|ready):", name="stdout")
+        return self.lines("stdout")
+
+    @property
+    def port(self) -> int:
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.banner()[0])
+        assert match, self.banner()
+        return int(match.group(1))
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `signum` and return the exit code once the process has exited."""
+        self.process.send_signal(signum)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def __enter__(self) -> "RelayProcess":
+        return self
+
+    def children(self) -> list[int]:
+        """The worker processes (Linux /proc), with RELAY_WORKERS > 1."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:  # a failed test: no orphaned worker may keep the port or the pipes
+            for pid in self.children():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.process.kill()
+        self.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run_admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `relay-admin` console script (a real process, as an operator would)."""
+    return subprocess.run([str(ADMIN_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 # ---------------------------------------------------------------- clients
