@@ -1,6 +1,7 @@
-"""`relay-admin send-test`: the sample goes through the relay's own pipeline to a real outbox or SMTP
-upstream; what arrives has one From and a DKIM signature dkimpy verifies against NSD; refusals, bad input,
-roles and audit."""
+"""`relay-admin send-test --in-process`: the sample goes through the relay's own pipeline to a real outbox or
+SMTP upstream; what arrives has one From and a DKIM signature dkimpy verifies against NSD, and the outbox copy
+is judged as a receiver would; refusals, bad input, roles and audit. (Through a running relay:
+tests/test_send_test_relay.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import email
 import email.policy
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,8 @@ from typing import Any
 import dkim
 import pytest
 
-from admin.sendtest import SEND_TEST_CLIENT, synthetic_client
+from admin.sendtest import IN_PROCESS_CLIENT, synthetic_client
 from relay.directory import Directory
-from relay.models import DkimKey, Role, Tenant, TenantStatus, User
 from relay.pipeline import Pipeline
 from relay.policy import decide_tenant
 from relay.replies import TENANT_OUT_OF_SCOPE
@@ -29,67 +28,30 @@ from relay.store import SqliteStore, utcnow
 from relay.transaction import Peer, Transaction
 from relay.upstream import make_upstream
 from tests.conftest import CliResult
-from tests.factories import make_tenant
-from tests.nsd import Nsd
-from tests.relay_harness import (
-    RecordingUpstream, Script, ScriptedUpstream, dkim_zone, make_settings, nsd_txt, values,
-)
+from tests.relay_harness import RecordingUpstream, Script, ScriptedUpstream, make_settings, nsd_txt, values
+from tests.sendtest_world import ACCOUNTANT, OWNER, RCPT, Cli, World, build_world, check_lines, outbox
+from tests.sendtest_world import send_test as send_test_any
 from tests.snapshot import assert_one_line_error, restore_template, state
 
-Cli = Callable[..., CliResult]
-OWNER, ACCOUNTANT = "alice", "carol"
-RCPT = "someone@example.test"
-JSON_KEYS = {"tenant", "to", "accepted", "reply", "from", "envelope_from", "signature", "message_id",
-             "outbox_file", "transaction"}
-
-
-@dataclass(frozen=True)
-class World:
-    """A store built once per module (RSA keys cost time), copied into each test's relay_env."""
-
-    template: Path
-    acme: tuple[Tenant, DkimKey]  # verified
-    newco: tuple[Tenant, DkimKey]  # pending
-    platform: tuple[Tenant, DkimKey]  # verified, the platform's own sender when configured
+JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
+             "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    template = tmp_path_factory.mktemp("send-test")
-    settings = make_settings(template)  # relay.db and keys/ where tests.snapshot expects them
-    store = SqliteStore(settings.database_path)
-    acme = make_tenant(store, settings, "acme", name="Acme Comptabilité", domain="acme.test",
-                       status=TenantStatus.VERIFIED)
-    newco = make_tenant(store, settings, "newco", name="NewCo", domain="newco.test")
-    platform = make_tenant(store, settings, "platform", name="Accounton", email="noreply@accounton.test",
-                           domain="accounton.test", status=TenantStatus.VERIFIED)
-    store.add_user(User(OWNER, Role.OWNER, utcnow()))
-    store.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
-    store.close()
-    return World(template, acme, newco, platform)
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield from build_world(tmp_path_factory, "send-test")
 
 
 @pytest.fixture
-def env(world: World, relay_env: Path) -> Path:
-    """relay_env (outbox upstream under it) holding the module's tenants, keys and users."""
+def env(world: World, relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """relay_env (outbox upstream under it) holding the module's tenants, keys and users; DNS is the world's NSD."""
     restore_template(world.template, relay_env)
+    monkeypatch.setenv("RELAY_NAMESERVERS", world.nameservers)
     return relay_env
 
 
-def nsd_for(world: World, nsd_factory: Callable[[dict[str, str]], Nsd]) -> Nsd:
-    settings = make_settings(world.template)
-    return nsd_factory(dkim_zone([world.acme, world.platform], settings))
-
-
 def send_test(cli: Cli, tenant: str = "acme", to: str = RCPT, *extra: str, actor: str = OWNER) -> CliResult:
-    # `--to=VALUE` so that values starting with '-' reach our checks, not argparse's.
-    return cli("send-test", f"--to={to}", "--as", actor, *extra, "--", tenant)
-
-
-def outbox(env: Path) -> list[Path]:
-    """Everything in the outbox directory (temp files included)."""
-    directory = env / "outbox"
-    return sorted(directory.iterdir()) if directory.exists() else []
+    return send_test_any(cli, tenant, to, "--in-process", *extra, actor=actor)
 
 
 def decoded(value: str) -> str:
@@ -110,8 +72,7 @@ def send_test_audit(env: Path) -> list[Any]:
 
 
 def test_verified_tenant_leaves_from_its_own_address_signed_for_its_domain(
-    env: Path, world: World, cli: Cli, nsd_factory: Callable[[dict[str, str]], Nsd],
-    caplog: pytest.LogCaptureFixture,
+    env: Path, world: World, cli: Cli, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay.transaction")
     selector = world.acme[1].selector
@@ -129,25 +90,38 @@ def test_verified_tenant_leaves_from_its_own_address_signed_for_its_domain(
     body = body_text(data)
     assert "send-test" in body and "Acme Comptabilité" in body
     assert f"d=acme.test and s={selector}" in " ".join(body.split())
-    assert dkim.verify(data, dnsfunc=nsd_txt(nsd_for(world, nsd_factory).port)), "DKIM verifies against NSD"
+    assert dkim.verify(data, dnsfunc=nsd_txt(world.nsd.port)), "DKIM verifies against NSD"
+    assert b"with ESMTP id" in data, "in-process: no AUTH, no listener"
     lines = result.out.splitlines()
-    assert lines[0] == f"send-test acme -> {RCPT}: accepted"
+    assert lines[0] == f"send-test acme -> {RCPT} in-process: accepted"
     for expected in ("250 2.0.0", "Acme Comptabilité <billing@acme.test>", "bounces@bounce.acme.test",
                      f"d=acme.test s={selector}", str(eml), values(data, "Message-ID")[0]):
         assert any(expected in line for line in lines[1:]), expected
     [logged] = [r.getMessage() for r in caplog.records if r.name == "relay.transaction"]
-    assert f"client={SEND_TEST_CLIENT} " in logged
+    assert f"client={IN_PROCESS_CLIENT} " in logged
     assert "tenant=acme " in logged and "outcome=delivered" in logged
     [audit] = send_test_audit(env)
     assert (audit.actor, audit.tenant, audit.outcome) == (OWNER, "acme", "done")
     assert RCPT in audit.detail and "250 2.0.0" in audit.detail
+    assert "in-process" in audit.detail and "dkim=pass spf=pass dmarc=pass" in audit.detail
+    checks = check_lines(result.out)
+    assert checks["DKIM"].startswith(f"DKIM   pass   d=acme.test s={selector}: The signature with d=acme.test")
+    assert checks["SPF"].startswith("SPF    pass   bounce.acme.test from 127.0.0.1: ")
+    assert checks["DMARC"].startswith("DMARC  pass   acme.test: From domain acme.test: DKIM d=acme.test is aligned")
 
 
 def test_json_report(env: Path, world: World, cli: Cli) -> None:
     result = send_test(cli, "acme", RCPT, "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
-    assert set(report) == JSON_KEYS  # `dkim` stays free for the later issue's verdict
+    assert set(report) == JSON_KEYS
+    assert (report["mode"], report["relay"], report["verdict_unavailable"]) == ("in-process", None, None)
+    assert report["dkim"] == {"result": "pass", "domain": "acme.test", "reason": (
+        f"The signature with d=acme.test, s={world.acme[1].selector} verifies with the key at"
+        f" {world.acme[1].selector}._domainkey.acme.test.")}
+    assert report["spf"]["result"] == "pass" and report["spf"]["domain"] == "bounce.acme.test"
+    assert report["spf"]["ip"] == "127.0.0.1"
+    assert report["dmarc"]["result"] == "pass" and report["dmarc"]["domain"] == "acme.test"
     [eml] = outbox(env)
     data = eml.read_bytes()
     assert report["tenant"] == "acme" and report["to"] == RCPT and report["accepted"] is True
@@ -168,16 +142,17 @@ def test_unverified_tenant_without_platform_sender_is_refused(env: Path, cli: Cl
     assert (report["from"], report["envelope_from"], report["signature"], report["outbox_file"]) == (None,) * 4
     text = send_test(cli, "newco")
     assert text.code == 1
-    assert text.out.splitlines()[0] == f"send-test newco -> {RCPT}: refused"
+    assert text.out.splitlines()[0] == f"send-test newco -> {RCPT} in-process: refused"
     assert "550 5.7.1" in text.out and "nothing reached the upstream" in text.out
+    assert (report["dkim"], report["spf"], report["dmarc"]) == (None, None, None)
+    assert report["verdict_unavailable"] == "nothing was forwarded: the relay did not accept the message"
     assert outbox(env) == []
     assert [entry.outcome for entry in send_test_audit(env)] == ["done", "done"]
     assert all("550 5.7.1" in entry.detail for entry in send_test_audit(env))
 
 
 def test_unverified_tenant_with_platform_sender_leaves_on_its_behalf(
-    env: Path, world: World, cli: Cli, nsd_factory: Callable[[dict[str, str]], Nsd],
-    monkeypatch: pytest.MonkeyPatch,
+    env: Path, world: World, cli: Cli, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RELAY_PLATFORM_SENDER", "platform")
     result = send_test(cli, "newco", RCPT, "--json")
@@ -191,7 +166,10 @@ def test_unverified_tenant_with_platform_sender_leaves_on_its_behalf(
     assert values(data, "From") == ['"NewCo via Accounton" <noreply@accounton.test>']
     assert values(data, "Reply-To") == ["<billing@newco.test>"]
     assert "d=accounton.test" in " ".join(body_text(data).split())
-    assert dkim.verify(data, dnsfunc=nsd_txt(nsd_for(world, nsd_factory).port))
+    assert dkim.verify(data, dnsfunc=nsd_txt(world.nsd.port))
+    # DMARC is the From domain's (accounton.test): DKIM d=accounton.test aligns with it.
+    assert [report[check]["result"] for check in ("dkim", "spf", "dmarc")] == ["pass"] * 3
+    assert report["dmarc"]["domain"] == "accounton.test"
 
 
 async def test_smtp_upstream_refusing_the_recipient_delivers_nothing(
@@ -218,6 +196,9 @@ async def test_smtp_upstream_accepting(env: Path, cli: Cli, monkeypatch: pytest.
         result = await asyncio.to_thread(send_test, cli, "acme", RCPT)
     assert result.code == 0, result.err
     assert "Ok: queued as REC1" in result.out and "outbox file" not in result.out
+    assert ("checks not made: the forwarded copy is not readable with an SMTP upstream "
+            f"(RELAY_UPSTREAM=smtp://127.0.0.1:{upstream.port})") in result.out
+    assert check_lines(result.out) == {}
     got = upstream.only
     assert (got.mail_from, got.rcpt_tos) == ("bounces@bounce.acme.test", [RCPT])
     assert len(values(got.data, "From")) == 1 and len(values(got.data, "DKIM-Signature")) == 1
@@ -276,7 +257,7 @@ def test_accountant_is_denied_and_audited(env: Path, cli: Cli) -> None:
 def test_synthetic_client_is_scoped_to_exactly_its_tenant(world: World) -> None:
     client = synthetic_client("acme")
     assert (client.name, client.all_tenants, client.tenants, client.networks) == (
-        SEND_TEST_CLIENT, False, ("acme",), ())
+        IN_PROCESS_CLIENT, False, ("acme",), ())
     tenants = {tenant.id: tenant for tenant, _ in (world.acme, world.newco, world.platform)}
     assert decide_tenant(client, [], tenants).id == "acme"
     with pytest.raises(ReplyError) as caught:

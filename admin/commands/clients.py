@@ -8,6 +8,7 @@ from typing import Any
 
 from admin import inputs
 from admin.context import EXIT_OK, Context, UsageError
+from admin.sendtest_client import SEND_TEST_CLIENT
 from relay.credentials import hash_secret, new_secret
 from relay.models import AuditEntry, Client
 from relay.settings import Settings
@@ -70,6 +71,9 @@ def _hint(settings: Settings, client: Client) -> str:
 
 def add_client(ctx: Context, args: argparse.Namespace) -> int:
     name = inputs.identifier(args.name, "NAME", "client name")
+    if name == SEND_TEST_CLIENT:  # its secret is issued per run by send-test and known to nobody else
+        raise UsageError(f"NAME: {name!r} is reserved for `relay-admin send-test`'s own credential; "
+                         "choose another name")
     tenants = sorted({inputs.identifier(t, "--tenant", "tenant id") for t in args.tenants or []})
     networks = sorted({inputs.network(n) for n in args.networks})
     actor = ctx.authorize(ACTION, tenant=tenants[0] if len(tenants) == 1 else None)
