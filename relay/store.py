@@ -190,7 +190,10 @@ class SqliteStore:
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        # Under the lock: a reload running in a worker thread finishes its query first. Closing a
+        # sqlite3 connection while another thread is inside it can crash the interpreter.
+        with self._lock:
+            self._db.close()
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
