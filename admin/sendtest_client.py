@@ -40,6 +40,7 @@ from relay.credentials import hash_secret, new_secret
 from relay.models import AuditEntry, Client
 from relay.policy import is_loopback
 from relay.replies import Reply
+from relay.upstream import quit_politely
 from relay.settings import HostPort
 from relay.store import Store, utcnow
 
@@ -314,14 +315,5 @@ async def _transaction(client: aiosmtplib.SMTP, *, mail_from: str, to: str, mess
         response = await client.data(message)
     except aiosmtplib.SMTPDataError as exc:  # DATA itself or the end of the data refused
         return reply_of(exc.code, exc.message)
-    await _quit_politely(client)
+    await quit_politely(client)
     return reply_of(response.code, response.message)
-
-
-async def _quit_politely(client: aiosmtplib.SMTP) -> None:
-    # After the relay's answer the message is handled; QUIT is a courtesy and may not fail the report.
-    try:
-        async with asyncio.timeout(1.0):
-            await client.quit()
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
-        pass

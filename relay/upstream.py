@@ -146,7 +146,7 @@ class SmtpUpstream:
         response = await protocol.read_response(timeout=None)
         if response.code != 250:
             raise UpstreamReplyError(upstream_reply(response.code, response.message, "the message"))
-        await _quit_politely(client)
+        await quit_politely(client)
         said = _ENHANCED.sub("", response.message).strip()
         return Reply(250, "2.0.0", f"OK: accepted by upstream: {_clean_text(said)}")
 
@@ -207,7 +207,8 @@ def _dot_stuffed(message: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-async def _quit_politely(client: aiosmtplib.SMTP) -> None:
+async def quit_politely(client: aiosmtplib.SMTP) -> None:
+    """QUIT within a second, ignoring failure: after the final reply the outcome is already known."""
     # After upstream's 250 the message is delivered; QUIT is a courtesy and may not fail the send.
     try:
         async with asyncio.timeout(1.0):
