@@ -1,6 +1,7 @@
 # accounton-relay: the SMTP relay (`relay`, default command) and the admin CLI (`relay-admin`).
 # Build: docker build -t accounton-relay .
 # Run:   docker run -p 2525:2525 -v relay-data:/data \
+#          -e RELAY_HOSTNAME=relay.platform.example \
 #          -e RELAY_UPSTREAM=smtp://user:pass@smtp.example.net:587?tls=required accounton-relay
 FROM python:3.11-slim-bookworm
 
@@ -22,5 +23,5 @@ RUN pip install --no-cache-dir . \
 # Keys and the store live on the volume; the process never runs as root.
 USER relay
 VOLUME ["/data"]
-EXPOSE 2525
+EXPOSE 2525 8025
 CMD ["relay"]

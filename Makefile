@@ -17,9 +17,11 @@ install: $(STAMP)
 # Debian packages the tests talk to: NSD (authoritative DNS on loopback), LibreOffice Calc and
 # poppler's pdftotext (the Excel hand-over and the CSV opened as a person opens them), and the fonts
 # the hand-over is printed with, and Chromium with its driver (the settings page tried in a real
-# browser). Installed as root when missing. `make test` then requires them: a test
-# whose peer is missing fails (RELAY_TEST_REQUIRE_PEERS=1) instead of hiding a broken install.
-DEBIAN_PACKAGES := nsd libreoffice-calc-nogui poppler-utils fonts-dejavu-core fonts-liberation2 chromium chromium-driver
+# browser), and PostgreSQL (the store's second backend: tests/postgres.py starts a throwaway cluster in
+# a temporary directory and stops it; nothing uses a system-wide server). Installed as root when
+# missing. `make test` then requires them: a test whose peer is missing fails
+# (RELAY_TEST_REQUIRE_PEERS=1) instead of hiding a broken install.
+DEBIAN_PACKAGES := nsd libreoffice-calc-nogui poppler-utils fonts-dejavu-core fonts-liberation2 chromium chromium-driver postgresql
 
 deps-debian:
 	@missing=""; for pkg in $(DEBIAN_PACKAGES); do \

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -31,6 +33,8 @@ _DKIM_PREFIX = len("ar20250101abcdef._domainkey.")
 # Bidi embedding/override/isolate controls (Unicode Cf) can reorder how a display name is shown;
 # the rest of Cf (ZWJ, ZWNJ) is needed by some scripts and stays allowed.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# RFC 2047 2 encoded-word `=?charset?encoding?text?=`, matched as loosely as lenient decoders read it.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?.*?\?=", re.S)
 _PORT = re.compile(r"([^:]+):[0-9]+")
 # `Acme <info@acme.nl>`: a whole From line pasted where only the address goes (RFC 5322 3.4).
 _NAME_ADDR = re.compile(r"(.*)<([^<>]*)>\s*")
@@ -52,19 +56,43 @@ def identifier(value: str, field: str, what: str) -> str:
     return value
 
 
-def display_name(value: str, field: str = "--name") -> str:
-    """The From display name: any text without line breaks or control characters, at most 100."""
-    for char in value:
+def _control_char(text: str) -> str | None:
+    """The first character a display name may not hold, or None."""
+    for char in text:
         category = unicodedata.category(char)
         # Cc covers CR, LF, NUL, ESC, DEL; Zl/Zp are Unicode line breaks; Cs are undecodable bytes.
         if category in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS:
-            raise _fail(field, f"contains the control character U+{ord(char):04X}; use plain text")
+            return char
+    return None
+
+
+def display_name(value: str, field: str = "--name") -> str:
+    """The From display name: any text without line breaks or control characters, at most 100."""
+    char = _control_char(value)
+    if char is not None:
+        raise _fail(field, f"contains the control character U+{ord(char):04X}; use plain text")
     name = value.strip()
     if not name:
         raise _fail(field, "must not be empty")
     if len(name) > MAX_DISPLAY_NAME:
         raise _fail(field, f"is {len(name)} characters long; at most {MAX_DISPLAY_NAME}")
+    if _ENCODED_WORD.search(name):
+        # RFC 2047: a receiver would decode it, so the name shown would not be the one typed (and
+        # could hold what is refused above: `=?utf-8?b?4oCu...?=` is U+202E).
+        raise _fail(field, f"{value!r} looks like MIME-encoded text (RFC 2047); type the name itself"
+                           f"{_decoded_hint(name)}")
     return name
+
+
+def _decoded_hint(name: str) -> str:
+    """`, e.g. 'Société'`: what the encoded text says, when that is itself an acceptable name."""
+    try:
+        decoded = str(make_header(decode_header(name))).strip()
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+        return ""
+    clean = (decoded and len(decoded) <= MAX_DISPLAY_NAME and _control_char(decoded) is None
+             and not _ENCODED_WORD.search(decoded))
+    return f", e.g. {decoded!r}" if clean else ""
 
 
 def _printable(exc: Exception) -> str:

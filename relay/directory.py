@@ -2,8 +2,10 @@
 
 A background task polls `store.generation()` every `reload_interval` and swaps in a new snapshot, so
 admin changes (validation, names, clients, keys) reach a running relay within seconds; a login with a
-client name not yet known looks at once. A reload is logged only when what the relay serves changed
-(`changes`): an audit row or a new user also moves the generation, and says nothing.
+client name not yet known looks at once. Each snapshot is read in one read transaction
+(`Store.read_snapshot`), never torn across a change committed while it is read. A reload is logged
+only when what the relay serves changed (`changes`): an audit row or a new user also moves the
+generation, and says nothing.
 
 The store may not exist yet (a fresh install): the directory then serves nothing and tries to open it
 at every poll, never creating it (`relay-admin user add` does).
@@ -152,11 +154,14 @@ class Directory:
 
     def _build(self, previous: Snapshot) -> Snapshot:
         assert self._store is not None
-        generation = self._store.generation()  # read first: a write meanwhile only causes a re-read
-        tenants = {tenant.id: tenant for tenant in self._store.list_tenants()}
-        clients = {client.name: client for client in self._store.list_clients()}
+        # One read transaction: a change committed meanwhile is either all in or all out (a new
+        # sender is never paired with the old keys), and `generation` is exactly the one read.
+        read = self._store.read_snapshot()
+        generation = read.generation
+        tenants = {tenant.id: tenant for tenant in read.tenants}
+        clients = {client.name: client for client in read.clients}
         by_tenant: dict[str, list[DkimKey]] = {}
-        for stored in self._store.list_keys():
+        for stored in read.keys:
             by_tenant.setdefault(stored.tenant, []).append(stored)
         signers: dict[str, DkimSigner | KeyProblem] = {}
         keys: dict[str, DkimKey] = {}

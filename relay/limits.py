@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from typing import Protocol
 
+from relay.policy import plain_ip
 from relay.replies import Reply
 
 
@@ -34,10 +35,11 @@ class ConnectionCounter:
         return self._total
 
     def count(self, ip: str) -> int:
-        return self._by_ip[ip]
+        return self._by_ip[plain_ip(ip)]
 
     def acquire(self, ip: str) -> bool:
         """Count a new session from `ip` if it fits; False (nothing counted) if it does not."""
+        ip = plain_ip(ip)  # one client, one count, whether it came in over IPv4 or IPv4-mapped IPv6
         if not admits(total=self._total, from_ip=self._by_ip[ip],
                       max_total=self._max_total, max_per_ip=self._max_per_ip):
             return False
@@ -47,6 +49,7 @@ class ConnectionCounter:
 
     def release(self, ip: str) -> None:
         """Forget one session from `ip`; the caller releases each acquired session exactly once."""
+        ip = plain_ip(ip)
         held = self._by_ip[ip]
         if held == 0:
             return  # never counted: a miscount here would let the limit drift

@@ -1,8 +1,10 @@
 """`relay`: check settings, store and listener, then serve SMTP in RELAY_WORKERS processes sharing one socket.
 
 The relay never creates the store: on a fresh install it starts, serves no client, and picks the
-store up once `relay-admin user add` has created it. SIGTERM or SIGINT stops it politely (see
-`relay.server.RunningRelay.stop`); with several workers the parent forwards the signal and waits.
+store up once `relay-admin user add` has created it. Every worker also re-checks the tenants' DNS on
+its own (`relay.revalidator`, started with the worker's relay); a lease makes one of them check a given
+tenant. SIGTERM or SIGINT stops it politely (see `relay.server.RunningRelay.stop`); with several
+workers the parent forwards the signal and waits.
 """
 
 from __future__ import annotations

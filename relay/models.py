@@ -87,9 +87,29 @@ class Tenant:
 
 @dataclass(frozen=True)
 class User:
+    """A person with a role; `tenants` limits what it sees and acts on (empty: every tenant)."""
+
     name: str
     role: Role
     created_at: datetime
+    tenants: tuple[str, ...] = ()  # a customer's own admin or accountant; owners are never scoped
+    password_hash: str | None = field(default=None, repr=False, compare=False)  # salted scrypt
+
+    @property
+    def scoped(self) -> bool:
+        """Whether the user sees only its own tenants (else every tenant: platform staff)."""
+        return bool(self.tenants)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An admin API token that acts as `user`; only its prefix (to name it) and a hash are kept."""
+
+    prefix: str
+    user: str
+    token_hash: str = field(repr=False)
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True)

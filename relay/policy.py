@@ -34,11 +34,31 @@ from relay.replies import (
 from relay.rewrite import Identity
 
 
+def plain_ip(ip: str) -> str:
+    """`ip` as text, an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2) as plain IPv4.
+
+    A dual-stack listener (`RELAY_LISTEN=[::]:2525`) sees IPv4 clients in that form; every decision
+    and log line that uses a client's address takes it through here, so 127.0.0.1 is loopback and
+    10.20.0.5 is in 10.20.0.0/24 whichever socket it came in on.
+    """
+    if ":" not in ip:
+        return ip  # IPv4 (or nothing): the common case, no parsing
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped) if mapped is not None else ip
+
+
+def client_ip(peer: object) -> str:
+    """The client's address from a socket's peername (`(host, port, ...)`), through `plain_ip`."""
+    return plain_ip(str(peer[0])) if isinstance(peer, tuple) and peer else ""
 
 
 def is_loopback(ip: str) -> bool:
     try:
-        return ipaddress.ip_address(ip).is_loopback
+        return ipaddress.ip_address(plain_ip(ip)).is_loopback
     except ValueError:
         return False
 
@@ -60,7 +80,7 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 def network_client(clients: Mapping[str, Client], ip: str) -> Client | None:
     """The client bound to the network containing `ip`; the most specific network wins."""
     try:
-        address = ipaddress.ip_address(ip)
+        address = ipaddress.ip_address(plain_ip(ip))
     except ValueError:
         return None
     best: tuple[int, Client] | None = None

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from relay.policy import plain_ip
+
 RDNS_TIMEOUT = 0.5  # the longest a message waits for its client's PTR name
 RDNS_THREADS = 2
 CACHE_SECONDS = 300.0
@@ -40,6 +42,7 @@ class ReverseDns:
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
 
     async def lookup(self, ip: str) -> str | None:
+        ip = plain_ip(ip)  # ::ffff:a.b.c.d is a.b.c.d: one cache entry, and its in-addr.arpa PTR
         cached = self._cache.get(ip)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]

@@ -74,4 +74,8 @@ KEY_UNAVAILABLE = Reply(451, "4.3.5", "Signing key unavailable for this sender; 
 UPSTREAM_UNAVAILABLE = Reply(451, "4.4.1", "Upstream unavailable; try again later")
 UPSTREAM_AMBIGUOUS = Reply(451, "4.4.2", "Upstream did not confirm delivery; try again later")
 TLS_REQUIRED_MISSING = Reply(451, "4.7.5", "Upstream does not offer STARTTLS; try again later")
+# RFC 6152 3 / RFC 3463 5.6.3: 8-bit content, and upstream offers no 8BITMIME; we do not convert.
+CONVERSION_NOT_SUPPORTED = Reply(
+    554, "5.6.3", "Conversion required but not supported: 8-bit content and upstream lacks 8BITMIME"
+)
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error; try again later")

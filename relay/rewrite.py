@@ -11,8 +11,11 @@ from relay.mailbox import first_address, is_address, is_host_name, mailbox_field
 from relay.message import CRLF, MAX_LINE, field_name, field_value, split_header_body
 
 # Fields a client must not set: they name another sender (RFC 5322 3.6.2 Sender, 3.6.6 Resent-*), are
-# the final MTA's to add (Return-Path, RFC 5321 4.4), would disclose blind copies (Bcc), or claim
-# authentication results and signatures that are not ours (RFC 6376, RFC 8617 ARC, RFC 8601).
+# the final MTA's to add (Return-Path, RFC 5321 4.4), would disclose blind copies (Bcc), claim
+# authentication results and signatures that are not ours (RFC 6376, RFC 8617 ARC, RFC 8601, and
+# RFC 7208 9.1 Received-SPF), or are trust headers that receiving systems believe: Exchange's
+# organisation headers, the original results a forwarder kept, and the envelope the outbox itself
+# writes above the message (relay.upstream.Outbox: Return-Path and X-Envelope-To).
 _REMOVED = frozenset(
     {
         b"from",
@@ -23,9 +26,13 @@ _REMOVED = frozenset(
         b"domainkey-signature",
         b"x-google-dkim-signature",
         b"authentication-results",
+        b"x-original-authentication-results",
+        b"received-spf",
+        b"x-envelope-to",
+        b"x-envelope-from",
     }
 )
-_REMOVED_PREFIXES = (b"resent-", b"arc-")
+_REMOVED_PREFIXES = (b"resent-", b"arc-", b"x-ms-exchange-organization-")
 # RFC 5322 3.6: at most one of each. We keep the first and drop the rest, so that what a reader shows
 # and what our signature covers (DKIM signs the last instance, RFC 6376 5.4.2) cannot differ.
 _SINGLE = frozenset({b"date", b"message-id", b"reply-to"})

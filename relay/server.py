@@ -37,7 +37,9 @@ from relay.directory import Directory
 from relay.limits import ConnectionCounter, Drain, plural, shutting_down
 from relay.pipeline import Pipeline
 from relay.rdns import ReverseDns
-from relay.policy import Authenticator, auth_allowed, check_mail_from, check_recipient, is_loopback, session_client
+from relay.revalidator import Revalidator
+from relay.policy import (Authenticator, auth_allowed, check_mail_from, check_recipient, client_ip, is_loopback,
+                          session_client)
 from relay.replies import (
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
@@ -76,8 +78,7 @@ def quiet_aiosmtpd_log() -> None:
 
 
 def peer_ip(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    return client_ip(session.peer)  # ::ffff:a.b.c.d from a dual-stack listener becomes a.b.c.d
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -117,8 +118,7 @@ class RelaySMTP(SMTP):
         return cls._table_names
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        ip = client_ip(transport.get_extra_info("peername"))
         if self._original_transport is None:  # the first call; aiosmtpd calls again after STARTTLS
             if self._drain.reply is not None:  # accepted just before the listener closed
                 self._refuse(transport, self._drain.reply)
@@ -384,6 +384,7 @@ class RunningRelay:
     server: asyncio.Server
     directory: Directory
     reloader: asyncio.Task[None]
+    revalidator: Revalidator  # its own task: re-checks tenants' DNS every RELAY_REVALIDATE_INTERVAL
     sessions: weakref.WeakSet[RelaySMTP]
     connections: ConnectionCounter  # this process's open sessions, for the limits and for tests
     pipeline: Pipeline  # its tenant gate and signing threads
@@ -400,6 +401,7 @@ class RunningRelay:
         """Stop listening at once; transactions under way get `grace` seconds; then 421 to all (RFC 5321 3.8)."""
         self.server.close()  # the listening socket closes: new connections are refused by the kernel
         self.reloader.cancel()
+        self.revalidator.cancel()  # a check under way unwinds meanwhile; close() waits for it
         busy = self.drain.busy
         under_way = f", {busy} with a transaction under way (up to {grace:g}s to finish)" if busy else ""
         log.info("stopping on %s: no longer accepting; %s open%s",
@@ -417,6 +419,7 @@ class RunningRelay:
     async def close(self) -> None:
         """End everything now: no 421, transactions under way are abandoned (R6 logs them)."""
         self.reloader.cancel()
+        self.revalidator.cancel()
         self.server.close()
         for session in list(self.sessions):
             if session.transport is not None:
@@ -424,16 +427,19 @@ class RunningRelay:
         await self.server.wait_closed()
         self.pipeline.close()
         self.rdns.close()
+        await self.revalidator.stop()
         self.directory.close()
 
 
 async def start_relay(
-    settings: Settings, store: Store | None, *, sock: socket.socket | None = None, upstream: Upstream | None = None
+    settings: Settings, store: Store | None, *, sock: socket.socket | None = None, upstream: Upstream | None = None,
+    revalidate_tick: float | None = None,
 ) -> RunningRelay:
     """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`.
 
     With `store=None` the relay opens RELAY_DATABASE itself, never creating it: while it does not exist
-    the relay serves no client and its reloader keeps looking for it.
+    the relay serves no client and its reloader keeps looking for it. The revalidator always opens its
+    own connection to RELAY_DATABASE; `revalidate_tick` overrides its tick (tests).
     """
     quiet_aiosmtpd_log()
     directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
@@ -469,6 +475,10 @@ async def start_relay(
     else:
         server = await loop.create_server(factory, settings.listen.host, settings.listen.port, reuse_address=True)
     reloader = asyncio.create_task(directory.reload_forever())
-    return RunningRelay(server=server, directory=directory, reloader=reloader, sessions=sessions,
-                        connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
+    # Its own store connection: the directory's reads never wait behind a check's writes.
+    revalidator = Revalidator(settings, opener=lambda: open_store(settings, create=False),
+                              tick=revalidate_tick, changed=directory.poll)
+    revalidator.start()
+    return RunningRelay(server=server, directory=directory, reloader=reloader, revalidator=revalidator,
+                        sessions=sessions, connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
                         hostname=settings.hostname)

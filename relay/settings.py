@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 ENV_PREFIX = "RELAY_"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # RELAY_DATABASE URLs for the PostgreSQL backend
 
 
 class SettingsError(Exception):
@@ -128,6 +129,20 @@ def parse_upstream(value: str) -> Upstream:
     )
 
 
+def _greeting_name_problem(name: str) -> str | None:
+    """Why `name` cannot greet an SMTP server, or None (RFC 5321 4.1.1.1: EHLO gives the client's FQDN).
+
+    A container's hostname (no FQDN known) makes socket.getfqdn() answer `localhost` or a bare name.
+    """
+    if name in ("localhost", "localhost.localdomain") or name.endswith((".localhost", ".localdomain")):
+        return "names this machine only"  # RFC 6761 6.3
+    if name.rpartition(".")[2].isdigit():
+        return "is an IP address, not a host name"
+    if "." not in name:
+        return "is not a fully qualified domain name"
+    return None
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
@@ -144,7 +159,8 @@ class Settings(BaseSettings):
         default=Upstream(scheme="outbox", outbox_dir=Path("var/outbox")),
         description="smtp://[user:pass@]host:port[?tls=required], smtps://..., or outbox:DIR",
     )
-    database: str = Field(default="sqlite:///var/relay.db", description="the store: sqlite:///PATH")
+    database: str = Field(default="sqlite:///var/relay.db",
+                          description="the store: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
     keys_dir: Path = Field(default=Path("keys"), description="DKIM private keys (dir 0700, files 0600)")
     nameservers: Annotated[list[HostPort], NoDecode] = Field(
         default_factory=list,
@@ -189,6 +205,14 @@ class Settings(BaseSettings):
         description="on SIGTERM/SIGINT, how long transactions under way may take to finish before 421",
     )
     admin_user: str | None = Field(default=None, description="acting user of relay-admin (or --as)")
+    admin_listen: Annotated[HostPort, NoDecode] = Field(
+        default=HostPort("127.0.0.1", 8025),
+        description="listen address of the admin web server (`relay-admin serve`), host:port",
+    )
+    admin_tls_cert: Path | None = Field(
+        default=None, description="certificate: `relay-admin serve` speaks HTTPS when set"
+    )
+    admin_tls_key: Path | None = Field(default=None, description="private key for RELAY_ADMIN_TLS_CERT")
 
     # The lifecycle (SPEC.md "Lifecycle").
     revalidate_interval: float = Field(
@@ -214,7 +238,7 @@ class Settings(BaseSettings):
         description="also sign with an Ed25519 key (RFC 8463), published under its own selector",
     )
 
-    @field_validator("listen", mode="before")
+    @field_validator("listen", "admin_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
@@ -240,10 +264,14 @@ class Settings(BaseSettings):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
+        if value.startswith(POSTGRES_SCHEMES):  # libpq reads the rest (relay/store_pg.py)
+            try:
+                urlsplit(value).port
+            except ValueError:
+                raise ValueError(f"{_redact(value)!r} has an invalid port") from None
+            return value
         if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
-            if value.startswith("postgresql://"):
-                raise ValueError("postgresql:// is not supported yet; use sqlite:///PATH")
-            raise ValueError(f"{value!r}: use sqlite:///PATH")
+            raise ValueError(f"{_redact(value)!r}: use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         return value
 
     @field_validator("tenant_header")
@@ -269,7 +297,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a tenant id")
         return value
 
-    @field_validator("tls_cert", "tls_key")
+    @field_validator("tls_cert", "tls_key", "admin_tls_cert", "admin_tls_key")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
@@ -293,12 +321,21 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("RELAY_TLS_CERT and RELAY_TLS_KEY go together: set both or neither")
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise ValueError("RELAY_ADMIN_TLS_CERT and RELAY_ADMIN_TLS_KEY go together: set both or neither")
         if self.upstream_timeout >= self.session_timeout:
             # R5: the upstream budget must end before the client's session does.
             raise ValueError("RELAY_UPSTREAM_TIMEOUT must be shorter than RELAY_SESSION_TIMEOUT")
         if self.notify_url is not None and not self.notify_secret:
             # A receiver must be able to tell our notifications from anyone's POST.
             raise ValueError("RELAY_NOTIFY_URL needs RELAY_NOTIFY_SECRET to sign its notifications")
+        problem = _greeting_name_problem(self.hostname) if self.upstream.scheme != "outbox" else None
+        if problem is not None:  # an outbox greets nobody: there the name only shows in the banner
+            raise ValueError(
+                f"RELAY_HOSTNAME: {self.hostname!r} {problem}; the relay greets its SMTP upstream with it (EHLO) "
+                "and writes it into Received, where receivers refuse or score it: set RELAY_HOSTNAME to this "
+                "host's public name, e.g. relay.example.com"
+            )
         return self
 
     @field_validator("notify_url")

@@ -16,14 +16,19 @@ from relay.mailbox import is_host_name
 from relay.message import CRLF, field_name, split_header_body
 from relay.replies import KEY_UNAVAILABLE, ReplyError
 
-# Signed when present, in this order (RFC 6376 5.4.1's recommended set plus the list headers of
-# RFC 8058 one-click unsubscribe). From is listed once more than present (5.4.2, 8.15: "oversigned"),
-# so a From added later breaks the signature.
+# The fields a reader trusts, in this order (RFC 6376 5.4.1's recommended set plus the list headers
+# of RFC 8058 one-click unsubscribe). Each is listed once more than present, absent ones once
+# (5.4.2, 8.15: "oversigned"): verifiers select instances from the bottom up, and the extra entry
+# signs "no further instance", so a Subject, To or Cc added anywhere, even above ours where most
+# clients show the first one, breaks the signature.
 SIGNED_FIELDS = (
     b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"mime-version",
     b"content-type", b"content-transfer-encoding", b"in-reply-to", b"references",
     b"list-unsubscribe", b"list-unsubscribe-post",
 )  # fmt: skip
+# Signed and oversigned when present, but not sealed when absent: some upstream providers add their
+# own List-Unsubscribe, and sealing its absence would break our signature at every receiver.
+SIGNED_WHEN_PRESENT = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 MIN_KEY_BITS = 1024  # RFC 8301 3.2: verifiers MUST NOT accept smaller RSA keys.
 _SPACE_RUN = re.compile(rb"  +")
 _FOLD_WIDTH = 76
@@ -83,7 +88,9 @@ def _signed_instances(fields: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     selected: list[bytes] = []
     for name in SIGNED_FIELDS:
         instances = by_name.get(name, [])
-        names += [name] * (len(instances) + (1 if name == b"from" else 0))
+        if not instances and name in SIGNED_WHEN_PRESENT:
+            continue
+        names += [name] * (len(instances) + 1)
         selected += reversed(instances)
     return names, selected
 

@@ -1,8 +1,9 @@
 """The store: one data-access interface (`Store`) and its SQLite backend, with a versioned schema.
 
 Both the admin CLI and the relay read and write only through `Store`; a PostgreSQL backend will
-implement the same methods. Every write bumps `generation()`, which running relays poll to pick up
-admin changes without a restart. Writes grouped in `transaction()` are all-or-nothing.
+implement the same methods. Every write of what the relay serves (tenants, keys, clients) bumps
+`generation()`, which running relays poll to pick up admin changes without a restart; audit rows,
+checks, leases, notifications, users and tokens do not. Writes grouped in `transaction()` are all-or-nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from relay.models import (
+    ApiToken,
     AuditEntry,
     CheckResult,
     CheckStatus,
@@ -30,7 +32,7 @@ from relay.models import (
     TenantStatus,
     User,
 )
-from relay.settings import Settings
+from relay.settings import POSTGRES_SCHEMES, Settings
 
 
 class StoreError(Exception):
@@ -47,6 +49,18 @@ class Notification:
     attempts: int
     next_attempt_at: datetime
     last_error: str
+
+
+@dataclass(frozen=True)
+class WebSession:
+    """A signed-in browser of `relay-admin serve`: the cookie's SHA-256 (never the cookie), its user,
+    the CSRF token its forms carry, and when it ends."""
+
+    id_hash: str
+    user: str
+    csrf_token: str = field(repr=False)
+    created_at: datetime
+    expires_at: datetime
 
 
 class StoreMissing(StoreError):
@@ -104,6 +118,20 @@ class Store(Protocol):
     ) -> None: ...
     def queued_notification(self, notification_id: int) -> Notification | None: ...
 
+    def set_password_hash(self, name: str, password_hash: str) -> bool: ...
+    def add_token(self, token: ApiToken) -> None: ...
+    def tokens_with_prefix(self, prefix: str) -> list[ApiToken]: ...
+    def revoke_token(self, prefix: str, now: datetime) -> int: ...
+    def read_snapshot(self) -> StoreSnapshot: ...
+
+    def add_web_session(self, session: WebSession) -> None: ...
+    def get_web_session(self, id_hash: str) -> WebSession | None: ...
+    def delete_web_session(self, id_hash: str) -> None: ...
+    def delete_expired_web_sessions(self, now: datetime) -> int: ...
+    def add_signin_failure(self, key: str, time: datetime, *, forget_before: datetime) -> None: ...
+    def signin_failures(self, key: str, since: datetime) -> list[datetime]: ...
+    def clear_signin_failures(self, key: str) -> None: ...
+
 
 # Each entry moves the schema one version up; applied in order inside one transaction.
 # Never edit a released migration: add the next one.
@@ -153,6 +181,29 @@ MIGRATIONS: list[str] = [
         state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at TEXT NOT NULL, delivered_at TEXT, last_error TEXT NOT NULL DEFAULT '');
     CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
+    """,
+    # 3: users scoped to some tenants (none: every tenant), sign-in passwords and admin API tokens,
+    # each stored only as a salted scrypt hash; a token is named by its prefix, never by its secret.
+    """
+    ALTER TABLE users ADD COLUMN password_hash TEXT;
+    CREATE TABLE user_tenants (
+        user_name TEXT NOT NULL REFERENCES users(name), tenant TEXT NOT NULL REFERENCES tenants(id),
+        PRIMARY KEY (user_name, tenant));
+    CREATE TABLE tokens (
+        prefix TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name),
+        token_hash TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+    CREATE INDEX tokens_user ON tokens(user_name);
+    """,
+    # 4: the admin web server's sign-in: sessions (only a hash of the cookie is kept, so a copy of the
+    # store signs nobody in) and recent failed sign-ins per user name and per client address, which
+    # slow down the next attempt; kept here so that several `relay-admin serve` instances agree.
+    """
+    CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name),
+        csrf_token TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL);
+    CREATE INDEX web_sessions_expiry ON web_sessions(expires_at);
+    CREATE TABLE signin_failures (key TEXT NOT NULL, time TEXT NOT NULL);
+    CREATE INDEX signin_failures_key ON signin_failures(key, time);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -259,12 +310,17 @@ class SqliteStore:
     def generation(self) -> int:
         return int(self._rows("SELECT value FROM meta WHERE key = 'generation'")[0][0])
 
-    # users
+    # users: the relay does not serve them, so their writes leave the generation alone
     def add_user(self, user: User) -> None:
-        self._write(
-            "INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)",
-            (user.name, user.role.value, _ts(user.created_at)),
-        )
+        with self.transaction():
+            self._write(
+                "INSERT INTO users (name, role, created_at, password_hash) VALUES (?, ?, ?, ?)",
+                (user.name, user.role.value, _ts(user.created_at), user.password_hash),
+                bump=False,
+            )
+            for tenant in user.tenants:
+                self._write("INSERT INTO user_tenants (user_name, tenant) VALUES (?, ?)",
+                            (user.name, tenant), bump=False)
 
     def get_user(self, name: str) -> User | None:
         rows = self._rows("SELECT * FROM users WHERE name = ?", (name,))
@@ -273,9 +329,11 @@ class SqliteStore:
     def list_users(self) -> list[User]:
         return [self._user(row) for row in self._rows("SELECT * FROM users ORDER BY name")]
 
-    @staticmethod
-    def _user(row: sqlite3.Row) -> User:
-        return User(name=row["name"], role=Role(row["role"]), created_at=_req_dt(row["created_at"]))
+    def _user(self, row: sqlite3.Row) -> User:
+        tenants = self._rows("SELECT tenant FROM user_tenants WHERE user_name = ? ORDER BY tenant",
+                             (row["name"],))
+        return User(name=row["name"], role=Role(row["role"]), created_at=_req_dt(row["created_at"]),
+                    tenants=tuple(r[0] for r in tenants), password_hash=row["password_hash"])
 
     # tenants
     def save_tenant(self, tenant: Tenant) -> None:
@@ -522,17 +580,128 @@ class SqliteStore:
                             last_error=rows[0]["last_error"]) if rows else None
 
 
+    # what a running relay serves from, read as one consistent whole
+    @contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        """Every read inside sees one snapshot of the store (one WAL read transaction), never a write
+        committed meanwhile; for reads only. Inside `transaction()` it joins that one."""
+        with self._lock:  # no other thread's statement may run inside this connection's transaction
+            if self._depth == 0:
+                try:
+                    self._db.execute("BEGIN")  # deferred: the snapshot is taken at the first SELECT
+                except sqlite3.Error as exc:
+                    raise StoreError(f"the store could not be read: {exc}") from exc
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._end_read()
+
+    def _end_read(self) -> None:
+        """End a read transaction (nothing was written: there is nothing to lose)."""
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store could not be read: {exc}") from exc
+
+    def read_snapshot(self) -> StoreSnapshot:
+        """Generation, tenants, keys and clients as of one moment: a tenant's new sender is never
+        paired with its old keys (or the reverse) by a change committed between two SELECTs."""
+        with self.read_transaction():
+            return StoreSnapshot(generation=self.generation(), tenants=self.list_tenants(),
+                                 keys=self.list_keys(), clients=self.list_clients())
+
+    # sign-in: passwords and admin API tokens, only ever as hashes
+    def set_password_hash(self, name: str, password_hash: str) -> bool:
+        """Replace a user's password hash; False when there is no such user."""
+        return self._write("UPDATE users SET password_hash = ? WHERE name = ?",
+                           (password_hash, name), bump=False) == 1
+
+    def add_token(self, token: ApiToken) -> None:
+        self._write(
+            "INSERT INTO tokens (prefix, user_name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+            (token.prefix, token.user, token.token_hash, _ts(token.created_at), _ts(token.revoked_at)),
+            bump=False,
+        )
+
+    def tokens_with_prefix(self, prefix: str) -> list[ApiToken]:
+        rows = self._rows("SELECT * FROM tokens WHERE prefix = ?", (prefix,))
+        return [
+            ApiToken(prefix=row["prefix"], user=row["user_name"], token_hash=row["token_hash"],
+                     created_at=_req_dt(row["created_at"]), revoked_at=_dt(row["revoked_at"]))
+            for row in rows
+        ]
+
+    def revoke_token(self, prefix: str, now: datetime) -> int:
+        """End the token(s) with `prefix` at `now`; how many were still live."""
+        return self._write("UPDATE tokens SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                           (_ts(now), prefix), bump=False)
+
+
+    # the admin web server's sessions and failed sign-ins: nothing the relay serves (no generation bump)
+    def add_web_session(self, session: WebSession) -> None:
+        self._write(
+            """INSERT INTO web_sessions (id_hash, user_name, csrf_token, created_at, expires_at)
+               VALUES (?, ?, ?, ?, ?)""",
+            (session.id_hash, session.user, session.csrf_token, _ts(session.created_at),
+             _ts(session.expires_at)),
+            bump=False,
+        )
+
+    def get_web_session(self, id_hash: str) -> WebSession | None:
+        rows = self._rows("SELECT * FROM web_sessions WHERE id_hash = ?", (id_hash,))
+        if not rows:
+            return None
+        row = rows[0]
+        return WebSession(id_hash=row["id_hash"], user=row["user_name"], csrf_token=row["csrf_token"],
+                          created_at=_req_dt(row["created_at"]), expires_at=_req_dt(row["expires_at"]))
+
+    def delete_web_session(self, id_hash: str) -> None:
+        self._write("DELETE FROM web_sessions WHERE id_hash = ?", (id_hash,), bump=False)
+
+    def delete_expired_web_sessions(self, now: datetime) -> int:
+        return self._write("DELETE FROM web_sessions WHERE expires_at <= ?", (_ts(now),), bump=False)
+
+    def add_signin_failure(self, key: str, time: datetime, *, forget_before: datetime) -> None:
+        """Count a failed sign-in for `key` (`user:NAME`, `ip:ADDRESS`); older ones are forgotten."""
+        with self.transaction():
+            self._write("DELETE FROM signin_failures WHERE time < ?", (_ts(forget_before),), bump=False)
+            self._write("INSERT INTO signin_failures (key, time) VALUES (?, ?)", (key, _ts(time)),
+                        bump=False)
+
+    def signin_failures(self, key: str, since: datetime) -> list[datetime]:
+        rows = self._rows("SELECT time FROM signin_failures WHERE key = ? AND time >= ? ORDER BY time",
+                          (key, _ts(since)))
+        return [_req_dt(row["time"]) for row in rows]
+
+    def clear_signin_failures(self, key: str) -> None:
+        self._write("DELETE FROM signin_failures WHERE key = ?", (key,), bump=False)
+
+
 def store_location(settings: Settings) -> str:
-    """Where the store is, as messages name it: the absolute path, whatever directory we run in."""
+    """Where the store is, as messages name it: the absolute path, whatever directory we run in
+    (a PostgreSQL URL without its password)."""
+    if settings.database.startswith(POSTGRES_SCHEMES):
+        from relay.store_pg import redact
+
+        return redact(settings.database)
     return str(settings.database_path.resolve())
 
 
 def open_store(settings: Settings, *, create: bool = True) -> Store:
-    """The backend named by RELAY_DATABASE (only sqlite:/// for now).
+    """The backend named by RELAY_DATABASE: sqlite:///PATH, or postgresql://... (relay/store_pg.py).
 
     With `create=False` a store that does not exist yet raises `StoreMissing` (naming the absolute
-    path looked for) instead of being created silently wherever the command happens to run.
+    path looked for) instead of being created silently wherever the command happens to run; for
+    PostgreSQL, the database must exist and hold the relay's schema (a server that cannot be
+    reached is a `StoreError`).
     """
+    if settings.database.startswith(POSTGRES_SCHEMES):
+        from relay.store_pg import PostgresStore  # imported here: psycopg loads only when used
+
+        return PostgresStore(settings.database, create=create)
     path = settings.database_path
     if not create and not path.exists():
         raise StoreMissing(
@@ -541,3 +710,13 @@ def open_store(settings: Settings, *, create: bool = True) -> Store:
             "`relay-admin user add NAME --role owner`"
         )
     return SqliteStore(path)
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What the relay serves from, read in one read transaction (`Store.read_snapshot`)."""
+
+    generation: int
+    tenants: list[Tenant]
+    keys: list[DkimKey]
+    clients: list[Client]

@@ -4,7 +4,9 @@ Error tree of `deliver()` (see relay.replies):
 
     Reply 250                  upstream accepted these bytes for every recipient (R1)
     UpstreamReplyError         upstream refused MAIL, a RCPT (after RSET: nothing delivered, R3) or
-                               the data; its class and enhanced code kept (R2)
+                               the data; its class and enhanced code kept (R2), also when the RSET
+                               after a refused recipient fails or stalls
+    ReplyError(554 5.6.3)      8-bit content and upstream does not offer 8BITMIME: nothing sent
     ReplyError(451 4.4.1)      not connected, timed out or lost before the final dot: nothing delivered
     ReplyError(451 4.4.2)      silent or lost after the final dot: ambiguous (R6), the caller logs it
 
@@ -17,7 +19,6 @@ buffered body and its final dot.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import secrets
@@ -32,7 +33,9 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from relay.atomicfile import write_atomically
 from relay.message import CRLF
+from relay.policy import client_ip, is_loopback
 from relay.replies import (
+    CONVERSION_NOT_SUPPORTED,
     TLS_REQUIRED_MISSING,
     UPSTREAM_AMBIGUOUS,
     UPSTREAM_UNAVAILABLE,
@@ -108,14 +111,14 @@ class SmtpUpstream:
             async with asyncio.timeout(self._timeout):
                 return await self._transaction(client, envelope, message, sent)
         except TimeoutError:
-            raise ReplyError(UPSTREAM_AMBIGUOUS if sent.dot else UPSTREAM_UNAVAILABLE) from None
+            raise sent.failure() from None
         except aiosmtplib.SMTPResponseException as exc:
             # Greeting, EHLO, STARTTLS or AUTH refused: our set-up, not the message, so transient.
             log.warning("upstream %s refused the session: %d %s", self._target, exc.code, _clean_text(exc.message))
             raise ReplyError(UPSTREAM_UNAVAILABLE) from None
         except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
             log.warning("upstream %s: %s: %s", self._target, type(exc).__name__, exc)
-            raise ReplyError(UPSTREAM_AMBIGUOUS if sent.dot else UPSTREAM_UNAVAILABLE) from None
+            raise sent.failure() from None
         finally:
             _abort(client)
 
@@ -124,6 +127,7 @@ class SmtpUpstream:
     ) -> Reply:
         await client.connect()
         await self._hello(client)
+        _check_8bit(client, message)
         if self._target.username is not None:
             await client.login(self._target.username, self._target.password or "")
         await self._command(client, "sender", b"MAIL", b"FROM:<" + envelope.sender.encode() + b">",
@@ -134,9 +138,11 @@ class SmtpUpstream:
             if response.code not in (250, 251):
                 refusals.append(upstream_reply(response.code, response.message, f"recipient <{recipient}>"))
         if refusals:
-            # R3: all or nothing. RSET ends the upstream transaction; the worst refusal is returned.
-            await client.execute_command(b"RSET")
-            raise UpstreamReplyError(max(refusals, key=lambda reply: reply.code // 100))
+            # R3: all or nothing. RSET ends the upstream transaction; the worst refusal is returned,
+            # whatever becomes of the RSET (R2: a 5xx stays 5xx).
+            sent.refusal = max(refusals, key=lambda reply: reply.code // 100)
+            await self._reset(client)
+            raise UpstreamReplyError(sent.refusal)
         await self._command(client, "data", b"DATA", expect=354)
         protocol = client.protocol
         if protocol is None:
@@ -164,6 +170,19 @@ class SmtpUpstream:
             log.warning("upstream %s does not offer STARTTLS; not sending its password in the clear", self._target)
             raise ReplyError(TLS_REQUIRED_MISSING)
 
+    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+        """RSET within a second; a failure only means the connection goes: `deliver` aborts it next.
+
+        Nothing follows the refused RCPT, so dropping the connection also ends the upstream
+        transaction (RFC 5321 3.8: a server whose connection closes early cancels a pending one)."""
+        try:
+            async with asyncio.timeout(1.0):
+                response = await client.execute_command(b"RSET")
+            if response.code != 250:
+                log.warning("upstream %s answered RSET with %d; dropping the connection", self._target, response.code)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("upstream %s: RSET failed (%s); dropping the connection", self._target, type(exc).__name__)
+
     @staticmethod
     def _mail_options(client: aiosmtplib.SMTP, message: bytes) -> list[bytes]:
         options = []
@@ -180,16 +199,33 @@ class SmtpUpstream:
             raise UpstreamReplyError(upstream_reply(response.code, response.message, what))
 
 
+def _check_8bit(client: aiosmtplib.SMTP, message: bytes) -> None:
+    """8-bit content goes only to a server that offers 8BITMIME (RFC 6152 3); refuse it otherwise.
+
+    Converting to 7 bit (quoted-printable) would have to happen before signing, since DKIM hashes
+    the body we send, and before we know what upstream offers; raw 8-bit header text cannot be
+    converted at all. Upstream's extensions are a fact of the deployment, so the refusal is
+    permanent: 554 5.6.3, conversion required but not supported (RFC 3463).
+    """
+    if not message.isascii() and not client.supports_extension("8bitmime"):
+        raise ReplyError(CONVERSION_NOT_SUPPORTED)
+
+
 def _is_loopback(peer: object) -> bool:
-    try:
-        return isinstance(peer, tuple) and ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
-        return False
+    """Whether upstream's peername is a loopback address (IPv4-mapped too: relay.policy.client_ip)."""
+    return is_loopback(client_ip(peer))
 
 
 @dataclass
 class _Progress:
-    dot: bool = False
+    dot: bool = False  # the final dot went out: from here on an outcome is ambiguous (R6)
+    refusal: Reply | None = None  # a recipient was refused: that is the answer, whatever follows (R3)
+
+    def failure(self) -> ReplyError:
+        """What the client gets when the exchange breaks off (timeout, lost connection)."""
+        if self.refusal is not None:
+            return UpstreamReplyError(self.refusal)
+        return ReplyError(UPSTREAM_AMBIGUOUS if self.dot else UPSTREAM_UNAVAILABLE)
 
 
 def _dot_stuffed(message: bytes) -> bytes:
@@ -237,7 +273,9 @@ class Outbox:
 
     The envelope goes in the file itself, as the first lines, the way a delivery agent records it
     (RFC 5321 4.4): `Return-Path: <sender>` and one `X-Envelope-To: <recipient>` per recipient. They
-    sit above our DKIM-Signature and are not signed, so the signed bytes still verify.
+    sit above our DKIM-Signature and are not signed, so the signed bytes still verify. The envelope
+    ends at the first line that is not `X-Envelope-To` (admin.receiver.outbox_envelope reads it so);
+    relay.rewrite removes a client's own Return-Path and X-Envelope-To, so none follows further down.
     """
 
     def __init__(self, directory: Path) -> None:

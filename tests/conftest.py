@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary store and keys directory, the CLI run in-process, NSD on loopback."""
+"""Shared fixtures: a temporary store and keys directory, the CLI run in-process, NSD on loopback,
+and a throwaway PostgreSQL cluster (one per session, a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.nsd import Nsd
 from tests.peers import require_binary
+from tests.postgres import Cluster, start_cluster
 
 
 @dataclass
@@ -23,12 +25,13 @@ class CliResult:
 
 
 @pytest.fixture
-def relay_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def relay_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     """Point every RELAY_* setting at a fresh temporary directory; returns that directory."""
+    pg = os.environ.get("XX_BACKEND") == "postgres"
     for name in list(os.environ):
-        if name.startswith("RELAY_"):
+        if name.startswith("RELAY_") and name != "RELAY_TEST_REQUIRE_PEERS":
             monkeypatch.delenv(name)
-    monkeypatch.setenv("RELAY_DATABASE", f"sqlite:///{tmp_path / 'relay.db'}")
+    monkeypatch.setenv("RELAY_DATABASE", request.getfixturevalue("pg_url") if pg else f"sqlite:///{tmp_path / 'relay.db'}")
     monkeypatch.setenv("RELAY_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("RELAY_UPSTREAM", f"outbox:{tmp_path / 'outbox'}")
     monkeypatch.setenv("RELAY_RETURN_PATH_TARGET", "bounces.relay.test")
@@ -69,3 +72,15 @@ def nsd_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Nsd]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of our own for the whole session (tests/postgres.py), removed at the end."""
+    yield from start_cluster()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """The URL of a new, empty database in that cluster."""
+    return pg_cluster.database()

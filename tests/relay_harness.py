@@ -178,6 +178,7 @@ class Script:
     stall_at: str | None = None
     pause_data_after: int | None = None  # stop reading DATA after this many bytes until `resume`
     hold_after_dot: bool = False  # set `dot_arrived`, then answer `after_dot` only once `release` is set
+    replies: dict[str, str] = field(default_factory=dict)  # e.g. {"RSET": "drop"}: MAIL, RSET, NOOP...
 
 
 class ScriptedUpstream:
@@ -284,7 +285,11 @@ class ScriptedUpstream:
                 await writer.drain()
                 return
             else:
-                say("250 2.0.0 Ok")
+                reply = self.script.replies.get(verb, "250 2.0.0 Ok")
+                if reply == "drop":
+                    writer.transport.abort()
+                    return
+                say(reply)
             await writer.drain()
 
 

@@ -1,13 +1,15 @@
-"""`relay-admin user add`: bootstrap, roles, who may add whom, bad input, and the audit log."""
+"""`relay-admin user add|password`: bootstrap, roles, who may add whom, passwords, bad input, the audit log."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from admin.auth import authenticate_password, verify_password
 from admin.context import BOOTSTRAP_ACTOR
 from relay.models import Role
 from relay.store import utcnow
@@ -143,3 +145,140 @@ def test_bad_role_changes_nothing(cli: Cli, relay_env: Path, owner: str) -> None
     before = state(relay_env)
     assert_one_line_error(cli("user", "add", "bob", "--role", "boss", "--as", owner), 2, "--role")
     assert state(relay_env) == before
+
+
+# --- user add --tenant: JSON and the bootstrap ------------------------------------------------------
+
+def test_user_add_json_names_the_scope(cli: Cli, relay_env: Path, owner: str) -> None:
+    data = json.loads(cli("user", "add", "bob", "--role", "admin", "--json", "--as", owner).out)
+    assert data["tenants"] == [], "no --tenant: every tenant"
+
+
+def test_the_first_user_is_never_scoped(cli: Cli, relay_env: Path) -> None:
+    result = cli("user", "add", "alice", "--role", "admin", "--tenant", "acme")
+    assert_one_line_error(result, 2, "--tenant: the first user cannot be scoped")
+    assert not (relay_env / "relay.db").exists()
+
+
+# --- user password ----------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def team(cli: Cli, owner: str) -> str:
+    """alice (owner), bob (admin), carol and dave (accountants); returns the owner."""
+    for name, role in (("bob", "admin"), ("carol", "accountant"), ("dave", "accountant")):
+        assert cli("user", "add", name, "--role", role, "--as", owner).code == 0
+    return owner
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> io.StringIO:
+    stream = io.StringIO(text)
+    monkeypatch.setattr("sys.stdin", stream)
+    return stream
+
+
+def _password_hash(env: Path, name: str) -> str | None:
+    store = open_store(env)
+    try:
+        user = store.get_user(name)
+    finally:
+        store.close()
+    assert user is not None
+    return user.password_hash
+
+
+def test_user_password_reads_one_line_from_stdin_and_keeps_only_a_hash(
+        cli: Cli, relay_env: Path, team: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _stdin(monkeypatch, PASSWORD + "\r\n")
+    result = cli("user", "password", "carol", "--as", team)
+    assert (result.code, result.out, result.err) == (0, "password of carol set\n", "")
+    stored = _password_hash(relay_env, "carol")
+    assert stored is not None and PASSWORD not in stored and stored.startswith("scrypt$")
+    assert verify_password(stored, PASSWORD) and not verify_password(stored, PASSWORD + "\r")
+    store = open_store(relay_env)
+    try:
+        user = authenticate_password(store, "carol", PASSWORD)
+    finally:
+        store.close()
+    assert user is not None and user.name == "carol"
+    assert _audit(relay_env)[-1] == ("alice", "user.password", None, "done",
+                                     "set the password of user 'carol'")
+
+
+def test_a_short_password_changes_nothing(cli: Cli, relay_env: Path, team: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    before = state(relay_env)
+    _stdin(monkeypatch, "x" * 11 + "\n")
+    result = cli("user", "password", "carol", "--as", team)
+    assert_one_line_error(result, 2, "password: too short (11 characters); use at least 12")
+    assert state(relay_env) == before
+    _stdin(monkeypatch, "")  # nothing on stdin at all
+    assert_one_line_error(cli("user", "password", "carol", "--as", team), 2, "password: too short")
+
+
+def test_every_user_sets_its_own_password(cli: Cli, relay_env: Path, team: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _stdin(monkeypatch, PASSWORD + "\n")
+    assert cli("user", "password", "carol", "--as", "carol").code == 0
+    assert verify_password(_password_hash(relay_env, "carol") or "", PASSWORD)
+
+
+@pytest.mark.parametrize(("actor", "target", "words"), [
+    ("carol", "dave", "permission denied for carol (accountant): only owners and admins can set "
+                      "another user's password; every user can set its own"),
+    ("bob", "alice", "permission denied for bob (admin): only an owner can manage an owner's "
+                     "password and tokens"),
+])
+def test_a_password_for_someone_else_is_refused_and_audited(
+        cli: Cli, relay_env: Path, team: str, monkeypatch: pytest.MonkeyPatch,
+        actor: str, target: str, words: str) -> None:
+    before = state(relay_env)
+    stdin = _stdin(monkeypatch, PASSWORD + "\n")
+    assert_one_line_error(cli("user", "password", target, "--as", actor), 3, words)
+    assert stdin.read() == PASSWORD + "\n", "refused before the password is read"
+    assert state(relay_env).without_audit() == before.without_audit()
+    logged_actor, action, _, outcome, detail = _audit(relay_env)[-1]
+    assert (logged_actor, action, outcome) == (actor, "user.password", "denied")
+    assert f"for user {target!r}" in detail
+
+
+def test_owners_and_admins_set_passwords_of_users_they_manage(
+        cli: Cli, relay_env: Path, team: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for actor, target in (("bob", "carol"), ("bob", "bob"), ("alice", "bob")):
+        _stdin(monkeypatch, PASSWORD + "\n")
+        assert cli("user", "password", target, "--as", actor).code == 0, (actor, target)
+
+
+def test_a_password_for_an_unknown_user(cli: Cli, relay_env: Path, team: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _stdin(monkeypatch, PASSWORD + "\n")
+    before = state(relay_env)
+    assert_one_line_error(cli("user", "password", "nobody", "--as", team), 2, "NAME: no user 'nobody'")
+    assert state(relay_env) == before
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_password_is_asked_twice_without_echo(
+        cli: Cli, relay_env: Path, team: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    answers = iter([PASSWORD, PASSWORD + "!"])
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    before = state(relay_env)
+    assert_one_line_error(cli("user", "password", "carol", "--as", team), 2, "the two entries differ")
+    assert prompts == ["new password for carol: ", "the same again: "]
+    assert state(relay_env) == before
+    answers = iter([PASSWORD, PASSWORD])
+    assert cli("user", "password", "carol", "--as", team).code == 0
+    assert verify_password(_password_hash(relay_env, "carol") or "", PASSWORD)

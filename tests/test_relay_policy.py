@@ -20,6 +20,8 @@ from relay.policy import (
     network_client,
     tenant_header_values,
 )
+from relay.limits import ConnectionCounter
+from relay.rdns import ReverseDns
 from relay.replies import SMUGGLING, TENANT_NOT_VERIFIED, TOO_BIG, ReplyError
 from relay.replies import LINE_TOO_LONG
 from relay.smtpdata import DataReader
@@ -109,6 +111,56 @@ def test_most_specific_network_wins() -> None:
     assert network_client(clients, "192.0.2.1") is None
 
 
+@pytest.mark.parametrize(("peer", "ip"), [
+    (("::ffff:127.0.0.1", 2525, 0, 0), "127.0.0.1"),
+    (("::FFFF:10.20.0.5", 2525, 0, 0), "10.20.0.5"),
+    (("127.0.0.1", 2525), "127.0.0.1"),
+    (("::1", 2525, 0, 0), "::1"),
+    (("2001:db8::7", 2525, 0, 0), "2001:db8::7"),
+    (("::ffff:0:a14:5", 2525, 0, 0), "::ffff:0:a14:5"),  # IPv4-translated (RFC 2765), not mapped
+    (None, ""),
+])
+def test_an_ipv4_mapped_peer_is_its_ipv4_address(peer: object, ip: str) -> None:
+    """RFC 4291 2.5.5.2: a dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d."""
+    assert policy.client_ip(peer) == ip
+
+
+def test_ipv4_mapped_loopback_and_networks_are_judged_as_ipv4() -> None:
+    assert auth_allowed("::ffff:127.0.0.1", tls=False) and policy.is_loopback("::ffff:127.0.0.2")
+    assert not auth_allowed("::ffff:192.0.2.7", tls=False)
+    clients = {c.name: c for c in (client("erp", networks=("10.20.0.0/24",)),
+                                   client("local", networks=("127.0.0.0/8",)))}
+    assert network_client(clients, "::ffff:10.20.0.5") == clients["erp"]
+    assert network_client(clients, "::ffff:127.0.0.1") == clients["local"]
+    assert policy.session_client(clients, ip="::ffff:127.0.0.1", tls=False, auth_name=None) == clients["local"]
+    assert network_client(clients, "::ffff:192.0.2.1") is None
+
+
+def test_one_client_is_one_count_over_ipv4_and_ipv4_mapped_ipv6() -> None:
+    counter = ConnectionCounter(max_total=10, max_per_ip=1)
+    assert counter.acquire("::ffff:10.0.0.1")
+    assert counter.count("10.0.0.1") == 1
+    assert not counter.acquire("10.0.0.1")  # the same client: over its limit of one
+    counter.release("10.0.0.1")
+    assert counter.total == 0 and counter.acquire("10.0.0.1")
+
+
+async def test_reverse_dns_asks_for_the_ipv4_address_of_a_mapped_peer() -> None:
+    asked: list[str] = []
+
+    def resolve(ip: str) -> str | None:
+        asked.append(ip)
+        return "app1.internal"
+
+    rdns = ReverseDns(resolve=resolve)
+    try:
+        assert await rdns.lookup("::ffff:10.0.0.5") == "app1.internal"
+        assert await rdns.lookup("10.0.0.5") == "app1.internal"  # the same entry, from the cache
+    finally:
+        rdns.close()
+    assert asked == ["10.0.0.5"]
+
+
 @pytest.mark.parametrize("address", ["u@example.test", "u%x@y.test", "u!x@y.test", '"u@x"@y.test',
                                      '"a b"@y.test', "first.last+tag@sub.example.test"])
 def test_plain_addresses_pass_verbatim(address: str) -> None:
@@ -126,7 +178,7 @@ def test_other_addresses_are_refused(address: str) -> None:
 # ------------------------------------------------------------------ tenant and identity
 
 
-def tenant(tenant_id: str, status: str = TenantStatus.VERIFIED, name: str = "Acme") -> Tenant:
+def tenant(tenant_id: str, status: TenantStatus = TenantStatus.VERIFIED, name: str = "Acme") -> Tenant:
     sender = Sender(name=name, email=f"billing@{tenant_id}.test", domain=f"{tenant_id}.test")
     return Tenant(id=tenant_id, sender=sender, status=status, created_at=NOW, updated_at=NOW)
 

@@ -281,3 +281,55 @@ def test_r5_upstream_budget_must_end_before_the_session(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match="RELAY_UPSTREAM_TIMEOUT"):
         load_settings(upstream_timeout=300, session_timeout=300)
+
+
+@pytest.mark.parametrize("rset", [
+    Script(stall_at="RSET"),
+    Script(replies={"RSET": "drop"}),
+    Script(replies={"RSET": "421 4.3.2 Shutting down"}),
+    Script(replies={"RSET": "500 5.5.1 What?"}),
+], ids=["stalls", "drops", "421", "500"])
+@pytest.mark.parametrize("refusal, expected", [
+    ("550 5.1.1 No such user", (550, "5.1.1")),
+    ("450 4.2.1 Mailbox busy", (450, "4.2.1")),
+])
+async def test_r2_r3_a_failed_rset_keeps_the_recipient_refusal_and_drops_the_connection(
+        world: World, rset: Script, refusal: str, expected: tuple[int, str]) -> None:
+    script = Script(rcpt={"bad@example.test": refusal}, stall_at=rset.stall_at, replies=rset.replies)
+    async with ScriptedUpstream(script) as upstream:
+        settings = world.with_upstream(upstream.port).model_copy(update={"upstream_timeout": 0.5})
+        async with relay_running(settings, world.store) as relay:
+            outcome = await send(relay, MESSAGE, user="billing", secret=world.secret,
+                                 rcpts=("good@example.test", "bad@example.test"))
+        await eventually(upstream.closed.is_set)  # the relay dropped the connection
+    assert (outcome.code, outcome.text.split()[0]) == expected, outcome
+    assert upstream.verbs() == ["EHLO", "MAIL", "RCPT", "RCPT", "RSET"], "no DATA, no QUIT"
+    assert not upstream.data_started
+
+
+EIGHT_BIT = (b"From: app@platform.test\r\nTo: a@example.test\r\nSubject: Factuur\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+             b"Bedrag: \xe2\x82\xac 12,50\r\n")
+
+
+async def test_8bit_message_to_an_upstream_without_8bitmime_is_refused_554_5_6_3(world: World) -> None:
+    """RFC 6152 3: 8-bit data only to a server that offers 8BITMIME; we refuse rather than convert."""
+    async with ScriptedUpstream(Script(ehlo=("SIZE 100000000",))) as upstream:
+        async with relay_running(world.with_upstream(upstream.port), world.store) as relay:
+            refused = await send(relay, EIGHT_BIT, user="billing", secret=world.secret)
+            plain = await send(relay, MESSAGE, user="billing", secret=world.secret)
+    assert (refused.code, refused.text.split()[0]) == (554, "5.6.3"), refused
+    assert plain.code == 250, plain
+    assert upstream.verbs() == ["EHLO", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"], "nothing of the 8-bit one"
+    [mail] = [line for line in upstream.commands if line.upper().startswith("MAIL")]
+    assert "BODY=" not in mail.upper()
+
+
+async def test_8bit_message_says_body_8bitmime_when_upstream_offers_it(world: World) -> None:
+    async with ScriptedUpstream(Script()) as upstream:  # offers 8BITMIME
+        async with relay_running(world.with_upstream(upstream.port), world.store) as relay:
+            eight_bit = await send(relay, EIGHT_BIT, user="billing", secret=world.secret)
+            plain = await send(relay, MESSAGE, user="billing", secret=world.secret)
+    assert eight_bit.code == 250 and plain.code == 250
+    first, second = [line for line in upstream.commands if line.upper().startswith("MAIL")]
+    assert first.endswith(" BODY=8BITMIME") and "BODY=" not in second

@@ -9,12 +9,15 @@ import re
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
 from email.utils import parseaddr, parsedate_to_datetime
+from pathlib import Path
 
 import pytest
 
+from admin.receiver import outbox_envelope
 from relay.mailbox import first_address
 from relay.replies import BAD_HEADER, ReplyError
 from relay.rewrite import Identity, rewrite_headers
+from relay.upstream import Envelope, Outbox, OutboxReply
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 RECEIVED = b"Received: from app1 (app1.internal [10.0.0.5])\r\n\tby relay.test; Fri, 14 Mar 2025 09:26:53 +0000\r\n"
@@ -151,6 +154,13 @@ def test_encoded_word_standing_for_the_whole_from_gives_no_reply_to() -> None:
         b"ARC-Message-Signature: i=1; a=rsa-sha256; d=example.test",
         b"ARC-Authentication-Results: i=1; example.test; dkim=pass",
         b"Authentication-Results: example.test; dmarc=pass",
+        b"X-Original-Authentication-Results: example.test; dmarc=pass",
+        b"Received-SPF: pass (example.test: domain of a@acme.test designates 192.0.2.1 as permitted sender)",
+        b"X-MS-Exchange-Organization-AuthAs: Internal",
+        b"X-MS-Exchange-Organization-SCL: -1",
+        b"X-Envelope-To: <spy@evil.test>",
+        b"x-envelope-to : spy@evil.test",
+        b"X-Envelope-From: <ceo@bank.test>",
         b"X-Accounton-Tenant: acme",
         b"x-accounton-tenant : acme",
     ],
@@ -299,3 +309,19 @@ def test_received_must_be_one_well_formed_field() -> None:
 )
 def test_first_address_of_a_raw_from_value(value: bytes, expected: str | None) -> None:
     assert first_address(value) == expected
+
+
+async def test_a_client_x_envelope_to_never_reaches_the_outbox_file(tmp_path: Path) -> None:
+    """The outbox writes the envelope as the file's first lines; a client's own X-Envelope-To or
+    Return-Path must not sit beside them, where anything reading the outbox takes it for a recipient."""
+    message = (b"X-Envelope-To: <spy@evil.test>\r\nReturn-Path: <ceo@bank.test>\r\nSubject: hi\r\n"
+               b"X-Envelope-To: spy2@evil.test\r\n\r\n" + BODY)
+    envelope = Envelope(sender="bounces@bounce.acme.test", recipients=("customer@example.test",))
+    reply = await Outbox(tmp_path).deliver(envelope, rewrite(message))
+    assert isinstance(reply, OutboxReply)
+    eml = reply.path.read_bytes()
+    assert outbox_envelope(eml)[:2] == ("bounces@bounce.acme.test", ["customer@example.test"])
+    as_read = email.message_from_bytes(eml, policy=email.policy.default)
+    assert as_read.get_all("X-Envelope-To") == ["<customer@example.test>"]
+    assert as_read.get_all("Return-Path") == ["<bounces@bounce.acme.test>"]
+    assert b"evil.test" not in eml and b"bank.test" not in eml

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("RELAY_UPSTREAM", "smtp://mail.test?starttls=1"),
     ("RELAY_UPSTREAM", "smtp://mail.test:99999"),
     ("RELAY_UPSTREAM", "outbox:"),
-    ("RELAY_DATABASE", "postgresql://db.test/relay"),
+    ("RELAY_DATABASE", "postgresql://relay:secret@db.test:99999/relay"),
     ("RELAY_DATABASE", "sqlite:///"),
     ("RELAY_DATABASE", "relay.db"),
     ("RELAY_NAMESERVERS", "dns.example"),
@@ -162,3 +164,45 @@ def test_cli_overrides_win_over_environment(relay_env: Path) -> None:
                                                ("250ms", 0.25), ("12", 12), (3, 3)])
 def test_parse_duration(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "localhost.localdomain", "relay.localdomain", "app.localhost",
+                                      "3f2a9c1b7d4e", "127.0.0.1", "10.0.0.7."])
+@pytest.mark.parametrize("upstream", ["smtp://smtp.provider.test:587", "smtps://smtp.provider.test"])
+def test_an_smtp_upstream_needs_a_hostname_receivers_accept(
+    relay_env: Path, monkeypatch: pytest.MonkeyPatch, hostname: str, upstream: str,
+) -> None:
+    """RFC 5321 4.1.1.1: EHLO gives the FQDN; a container's `localhost` is refused or scored by receivers."""
+    monkeypatch.setenv("RELAY_UPSTREAM", upstream)
+    monkeypatch.setenv("RELAY_HOSTNAME", hostname)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("RELAY_HOSTNAME: ") and "\n" not in message
+    assert "set RELAY_HOSTNAME to this host's public name" in message
+
+
+def test_without_relay_hostname_this_hosts_fqdn_must_do(
+    relay_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default is socket.getfqdn(): in a container it answers `localhost` (as on the machine this was
+    written on), and then a relay with an SMTP upstream must not start."""
+    monkeypatch.delenv("RELAY_HOSTNAME")
+    monkeypatch.setenv("RELAY_UPSTREAM", "smtp://smtp.provider.test:587")
+    fqdn = socket.getfqdn().rstrip(".").lower()
+    usable = "." in fqdn and fqdn.rpartition(".")[2].isalpha() and not fqdn.endswith(("localhost", "localdomain"))
+    if usable:
+        assert load_settings().hostname == fqdn
+    else:
+        with pytest.raises(SettingsError, match=f"^RELAY_HOSTNAME: {re.escape(repr(fqdn))} "):
+            load_settings()
+
+
+def test_an_outbox_upstream_greets_nobody_so_any_hostname_does(
+    relay_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_HOSTNAME", "localhost")
+    assert load_settings().hostname == "localhost"
+    monkeypatch.setenv("RELAY_UPSTREAM", "smtp://smtp.provider.test:587")
+    monkeypatch.setenv("RELAY_HOSTNAME", "Relay.Example.COM.")
+    assert load_settings().hostname == "relay.example.com"

@@ -109,9 +109,13 @@ def test_signature_tags(signer: DkimSigner, dns: DnsFunc) -> None:
     assert (found["d"], found["s"], found["t"]) == (DOMAIN, SELECTOR, "1741944413")
     assert "l" not in found
     signed_names = found["h"].split(":")
-    assert signed_names.count("from") == 2  # one From present, listed twice: oversigned
-    assert {"to", "cc", "subject", "date", "message-id"} <= set(signed_names)
-    assert "received" not in signed_names and "mime-version" not in signed_names  # only those present
+    # RFC 6376 5.4.2, 8.15: each field a reader trusts is listed once more than present (oversigned),
+    # absent ones once, so that none can be added anywhere; Received is a trace field, not signed.
+    for name in ("from", "to", "cc", "subject", "date", "message-id"):
+        assert signed_names.count(name) == 2, name
+    for name in ("reply-to", "mime-version", "content-type", "content-transfer-encoding"):
+        assert signed_names.count(name) == 1, name
+    assert "received" not in signed_names
 
 
 def test_exactly_one_dkim_signature_and_short_lines(signer: DkimSigner) -> None:
@@ -242,3 +246,51 @@ def test_t_defaults_to_now(signer: DkimSigner) -> None:
     before = int(time.time())
     stamp = int(tags(signer.sign(b"From: a@acme.test\r\n\r\nhi\r\n"))["t"])
     assert before <= stamp <= int(time.time())
+
+
+SIGNED_MESSAGE = (b"To: a@b.test\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n"
+                  b"Content-Type: text/plain; charset=utf-8\r\n\r\nPlease pay 100 EUR to NL01BANK.\r\n")
+ADDED_FIELDS = [
+    b"Subject: URGENT: new bank details",
+    b"To: victim@b.test",
+    b"Cc: spy@evil.test",
+    b"Reply-To: <ceo@evil.test>",
+    b"Content-Type: text/html; charset=utf-8",
+    b"From: ceo@acme.test",
+    b"Date: Mon, 1 Jan 2024 00:00:00 +0000",
+    b"Message-ID: <forged@evil.test>",
+    b"MIME-Version: 2.0",
+    b"Content-Transfer-Encoding: base64",
+    b"In-Reply-To: <thread@evil.test>",
+    b"References: <thread@evil.test>",
+]
+
+
+def _above_everything(signed: bytes, field: bytes) -> bytes:
+    return field + b"\r\n" + signed
+
+
+def _below_the_signature(signed: bytes, field: bytes) -> bytes:
+    return signed.replace(b"\r\nReceived:", b"\r\n" + field + b"\r\nReceived:", 1)
+
+
+@pytest.mark.parametrize("where", [_above_everything, _below_the_signature], ids=["top", "below-signature"])
+@pytest.mark.parametrize("field", ADDED_FIELDS, ids=lambda field: field.split(b":")[0].decode())
+def test_a_trusted_field_prepended_to_a_signed_message_breaks_the_signature(
+        signer: DkimSigner, dns: DnsFunc, field: bytes, where: Callable[[bytes, bytes], bytes]) -> None:
+    """A reader shows the first Subject/To/Cc/...: one added above ours must not keep the signature valid."""
+    signed = signer.sign(prepare(SIGNED_MESSAGE))
+    assert dkim.verify(signed, dnsfunc=dns)
+    assert not dkim.verify(where(signed, field), dnsfunc=dns)
+
+
+def test_list_unsubscribe_is_sealed_when_present_and_left_open_when_absent(
+        signer: DkimSigner, dns: DnsFunc) -> None:
+    """RFC 8058 signs List-Unsubscribe when present; an upstream that adds its own must not break us."""
+    added = b"List-Unsubscribe: <https://provider.test/u>"
+    without = signer.sign(prepare(SIGNED_MESSAGE))
+    assert dkim.verify(_below_the_signature(without, added), dnsfunc=dns)
+    with_header = signer.sign(prepare(b"List-Unsubscribe: <https://acme.test/u>\r\n" + SIGNED_MESSAGE))
+    assert b"list-unsubscribe:list-unsubscribe" in with_header.replace(b"\r\n ", b"")
+    assert dkim.verify(with_header, dnsfunc=dns)
+    assert not dkim.verify(_above_everything(with_header, added), dnsfunc=dns)

@@ -1,20 +1,26 @@
-"""The SQLite store: schema version and migration on open, all-or-nothing transactions, generation."""
+"""The store, on both backends: schema version and migration on open, all-or-nothing transactions,
+generation, and every method's round trip. SQLite-only details (its file, `user_version`) are tested
+here too; PostgreSQL-only ones (concurrency across instances, a server that goes away) in
+tests/test_store_pg.py."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay import store as store_module
 from relay.models import (
-    AuditEntry, CheckResult, CheckStatus, Client, DkimKey, KeyState, Role, Sender, Tenant,
+    ApiToken, AuditEntry, CheckResult, CheckStatus, Client, DkimKey, KeyState, Role, Sender, Tenant,
     TenantStatus, User,
 )
-from relay.store import SCHEMA_VERSION, SqliteStore, StoreError, utcnow
+from relay.store import SCHEMA_VERSION, SqliteStore, Store, StoreError, WebSession, utcnow
+from tests.postgres import dump_database
 from tests.snapshot import dump_store
 
 
@@ -23,9 +29,28 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "relay.db"
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One backend under test: open another store on the same data, and dump all of it."""
+
+    name: str
+    open: Callable[[], Store]
+    dump: Callable[[], dict[str, list[tuple[Any, ...]]]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, db_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", lambda: SqliteStore(db_path), lambda: dump_store(db_path))
+    from relay.store_pg import PostgresStore
+
+    url: str = request.getfixturevalue("pg_url")  # a fresh database in the session's cluster
+    return Backend("postgres", lambda: PostgresStore(url), lambda: dump_database(url))
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(db_path)
+def store(backend: Backend) -> Iterator[Store]:
+    opened = backend.open()
     yield opened
     opened.close()
 
@@ -51,10 +76,13 @@ def key(selector: str, state: KeyState = KeyState.ACTIVE) -> DkimKey:
                    key_file=f"acme/{selector}.pem", created_at=utcnow())
 
 
-def test_new_store_has_current_schema_version(store: SqliteStore, db_path: Path) -> None:
+def test_new_store_has_current_schema_version(store: Store, backend: Backend, db_path: Path) -> None:
     assert SCHEMA_VERSION == len(store_module.MIGRATIONS) >= 1
-    assert user_version(db_path) == SCHEMA_VERSION
-    tables = set(dump_store(db_path))
+    if backend.name == "sqlite":
+        assert user_version(db_path) == SCHEMA_VERSION
+    else:
+        assert backend.dump()["schema_version"] == [(SCHEMA_VERSION,)]
+    tables = set(backend.dump())
     assert {"users", "tenants", "dkim_keys", "clients", "client_tenants", "client_networks",
             "checks", "audit", "meta"} <= tables
     assert store.generation() == 0
@@ -112,51 +140,54 @@ def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "file" / "relay.db")
 
 
-def test_transaction_rollback_keeps_the_previous_state(store: SqliteStore, db_path: Path) -> None:
+def test_transaction_rollback_keeps_the_previous_state(store: Store, backend: Backend) -> None:
     store.save_tenant(tenant(name="Before"))
     store.add_key(key("s1"))
-    before, generation = dump_store(db_path), store.generation()
+    before, generation = backend.dump(), store.generation()
     with pytest.raises(RuntimeError), store.transaction():
         store.save_tenant(tenant(name="After"))
         store.set_key_state("acme", "s1", KeyState.RETIRING, utcnow())
         store.add_key(key("s2"))
         raise RuntimeError("something failed half-way")
-    assert dump_store(db_path) == before
+    assert backend.dump() == before
     assert store.generation() == generation
     saved = store.get_tenant("acme")
     assert saved is not None and saved.sender.name == "Before"
 
 
 def test_failing_write_rolls_back_earlier_writes_of_the_transaction(
-    store: SqliteStore, db_path: Path,
+    store: Store, backend: Backend,
 ) -> None:
     store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))
-    before = dump_store(db_path)
+    before = backend.dump()
     with pytest.raises(StoreError), store.transaction():
         store.add_user(User(name="bob", role=Role.ADMIN, created_at=utcnow()))
         store.add_user(User(name="alice", role=Role.ADMIN, created_at=utcnow()))  # duplicate
-    assert dump_store(db_path) == before
+    assert backend.dump() == before
     assert [u.name for u in store.list_users()] == ["alice"]
 
 
 def test_client_with_unknown_parts_is_written_whole_or_not_at_all(
-    store: SqliteStore, db_path: Path,
+    store: Store, backend: Backend,
 ) -> None:
     client = Client(name="svc", secret_hash="scrypt$x", all_tenants=False, tenants=("a", "a"),
                     networks=(), created_at=utcnow())  # the repeated tenant violates the key
-    before = dump_store(db_path)
+    before = backend.dump()
     with pytest.raises(StoreError):
         store.add_client(client)
-    assert dump_store(db_path) == before
+    assert backend.dump() == before
 
 
-def test_generation_bumps_on_every_write_and_is_seen_by_other_connections(
-    store: SqliteStore, db_path: Path,
+def test_generation_bumps_on_every_served_write_and_is_seen_by_other_connections(
+    store: Store, backend: Backend,
 ) -> None:
-    other = SqliteStore(db_path)
+    other = backend.open()
     try:
         start = other.generation()
-        store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))
+        store.add_client(Client(name="svc", secret_hash="scrypt$x", all_tenants=True, tenants=(),
+                                networks=(), created_at=utcnow()))
+        assert other.generation() == start + 1
+        store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))  # the relay serves no users
         assert other.generation() == start + 1
         with store.transaction():
             store.save_tenant(tenant())
@@ -169,7 +200,7 @@ def test_generation_bumps_on_every_write_and_is_seen_by_other_connections(
         other.close()
 
 
-def test_round_trips(store: SqliteStore) -> None:
+def test_round_trips(store: Store) -> None:
     now = utcnow()
     store.save_tenant(tenant(name="Ακμή \"=1\"", status=TenantStatus.VERIFIED))
     store.add_key(key("s1"))
@@ -191,3 +222,151 @@ def test_round_trips(store: SqliteStore) -> None:
                                outcome="done"))
     assert [a.action for a in store.list_audit("acme")] == ["tenant.set"]
     assert [a.action for a in store.list_audit()] == ["tenant.set", "user.add"]
+
+
+# Every other method of the `Store` protocol, on both backends: same answers, same generation rules.
+
+def client(name: str = "svc", secret_hash: str = "scrypt$x") -> Client:
+    return Client(name=name, secret_hash=secret_hash, all_tenants=False, tenants=("acme",),
+                  networks=("10.0.0.0/24",), created_at=utcnow())
+
+
+def test_users_clients_and_tenants_round_trip(store: Store) -> None:
+    store.save_tenant(tenant())
+    alice = User(name="alice", role=Role.OWNER, created_at=utcnow())
+    carol = User(name="carol", role=Role.ACCOUNTANT, created_at=utcnow(), tenants=("acme",),
+                 password_hash="scrypt$pw")
+    store.add_user(carol)
+    store.add_user(alice)
+    assert store.list_users() == [alice, carol]
+    saved = store.get_user("carol")
+    assert saved == carol and saved is not None and saved.password_hash == "scrypt$pw"
+    assert store.get_user("nobody") is None
+    assert store.set_password_hash("alice", "scrypt$new") and not store.set_password_hash("nobody", "x")
+    assert (store.get_user("alice") or alice).password_hash == "scrypt$new"
+    store.add_client(client())
+    store.add_client(Client(name="all", secret_hash="h", all_tenants=True, tenants=(), networks=(),
+                            created_at=utcnow()))
+    assert store.get_client("svc") == client() and store.get_client("nobody") is None
+    assert [c.name for c in store.list_clients()] == ["all", "svc"]
+    generation = store.generation()
+    assert store.set_client_secret("svc", "scrypt$y") and not store.set_client_secret("nobody", "z")
+    assert (store.get_client("svc") or client()).secret_hash == "scrypt$y"
+    assert store.generation() > generation  # a running relay must see the new hash
+    store.save_tenant(tenant("beta"))
+    assert [t.id for t in store.list_tenants()] == ["acme", "beta"] and store.get_tenant("nope") is None
+
+
+def test_keys_are_listed_per_tenant_and_deleted(store: Store) -> None:
+    store.save_tenant(tenant())
+    store.add_key(key("s1"))
+    store.add_key(key("s2", KeyState.NEXT))
+    assert {k.selector for k in store.list_keys()} == {"s1", "s2"} == {k.selector for k in store.list_keys("acme")}
+    assert store.list_keys("other") == []
+    store.delete_key("acme", "s1")
+    assert [k.selector for k in store.list_keys("acme")] == ["s2"]
+
+
+def test_checks_with_nothing_found_and_optional_ones(store: Store) -> None:
+    store.save_tenant(tenant())
+    checks = [CheckResult(purpose=p, type="TXT", name=f"{p}.acme.test", status=CheckStatus.OK, expected="x",
+                          found=(), diagnosis="", checked_at=utcnow(), required=p != "dmarc")
+              for p in ("dkim", "return-path", "dmarc")]
+    store.save_checks("acme", checks)
+    assert store.latest_checks("acme") == checks  # in the order written
+    assert store.latest_checks("other") == []
+
+
+def test_save_lifecycle_moves_the_generation_only_when_the_status_changes(store: Store) -> None:
+    store.save_tenant(tenant())
+    now, generation = utcnow(), store.generation()
+    store.save_lifecycle("acme", status=TenantStatus.PENDING, failing_since=None, verified_at=None,
+                         last_validated_at=now)
+    assert store.generation() == generation
+    store.save_lifecycle("acme", status=TenantStatus.DEGRADED, failing_since=now, verified_at=now,
+                         last_validated_at=now)
+    assert store.generation() == generation + 1
+    saved = store.get_tenant("acme")
+    assert saved is not None and (saved.status, saved.failing_since, saved.verified_at, saved.last_validated_at) \
+        == (TenantStatus.DEGRADED, now, now, now)
+    assert saved.sender == tenant().sender  # the sender is not touched
+    with pytest.raises(StoreError, match="not in the store"):
+        store.save_lifecycle("nobody", status=TenantStatus.FAILED, failing_since=None, verified_at=None,
+                             last_validated_at=now)
+
+
+def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: Store) -> None:
+    now = utcnow()
+    later = now + timedelta(minutes=5)
+    generation = store.generation()
+    assert store.acquire_lease("revalidate:acme", "a", later, now)
+    assert not store.acquire_lease("revalidate:acme", "b", later, now)
+    assert store.acquire_lease("revalidate:acme", "a", later + timedelta(minutes=1), now)  # renewed
+    assert store.acquire_lease("revalidate:acme", "b", later, later + timedelta(minutes=1))  # expired
+    store.release_lease("revalidate:acme", "a")  # not the holder any more: nothing happens
+    assert not store.acquire_lease("revalidate:acme", "a", later, now)
+    store.release_lease("revalidate:acme", "b")
+    assert store.acquire_lease("revalidate:acme", "a", later, now)
+    assert store.acquire_lease("revalidate:beta", "b", later, now)  # another name, another lease
+    assert store.generation() == generation  # leases are not what the relay serves
+
+
+def test_notifications_are_queued_retried_delivered_or_abandoned(store: Store) -> None:
+    now = utcnow()
+    first, second = store.add_notification('{"n": 1}', now), store.add_notification('{"n": 2}', now)
+    assert first < second
+    assert [n.payload for n in store.due_notifications(now)] == ['{"n": 1}', '{"n": 2}']
+    assert len(store.due_notifications(now, limit=1)) == 1
+    store.notification_failed(first, "HTTP 500", now + timedelta(minutes=1))
+    assert [n.id for n in store.due_notifications(now)] == [second]
+    retried = store.queued_notification(first)
+    assert retried is not None and (retried.attempts, retried.last_error) == (1, "HTTP 500")
+    assert retried.next_attempt_at == now + timedelta(minutes=1)
+    store.notification_delivered(second, now)
+    store.notification_failed(first, "HTTP 500 again", None)
+    assert store.queued_notification(first) is None and store.queued_notification(second) is None
+    assert store.due_notifications(now + timedelta(days=1)) == []
+
+
+def test_tokens_are_kept_by_prefix_until_revoked(store: Store) -> None:
+    store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))
+    now = utcnow()
+    token = ApiToken(prefix="abcd1234", user="alice", token_hash="scrypt$t", created_at=now)
+    store.add_token(token)
+    assert store.tokens_with_prefix("abcd1234") == [token] and store.tokens_with_prefix("zzzz") == []
+    assert store.revoke_token("abcd1234", now) == 1
+    assert store.revoke_token("abcd1234", now) == 0
+    assert store.tokens_with_prefix("abcd1234")[0].revoked_at == now
+
+
+def test_web_sessions_and_signin_failures(store: Store) -> None:
+    store.add_user(User(name="alice", role=Role.OWNER, created_at=utcnow()))
+    now = utcnow()
+    session = WebSession(id_hash="h1", user="alice", csrf_token="c", created_at=now,
+                         expires_at=now + timedelta(hours=1))
+    store.add_web_session(session)
+    store.add_web_session(WebSession(id_hash="h2", user="alice", csrf_token="d", created_at=now, expires_at=now))
+    assert store.get_web_session("h1") == session and store.get_web_session("nope") is None
+    assert store.delete_expired_web_sessions(now) == 1
+    store.delete_web_session("h1")
+    assert store.get_web_session("h1") is None
+    store.add_signin_failure("user:alice", now - timedelta(hours=2), forget_before=now - timedelta(days=1))
+    store.add_signin_failure("user:alice", now, forget_before=now - timedelta(hours=1))  # forgets the first
+    store.add_signin_failure("ip:10.0.0.1", now, forget_before=now - timedelta(hours=1))
+    assert store.signin_failures("user:alice", now - timedelta(days=1)) == [now]
+    store.clear_signin_failures("user:alice")
+    assert store.signin_failures("user:alice", now - timedelta(days=1)) == []
+    assert store.signin_failures("ip:10.0.0.1", now) == [now]
+
+
+def test_read_snapshot_is_what_the_relay_serves(store: Store) -> None:
+    store.save_tenant(tenant())
+    store.add_key(key("s1"))
+    store.add_client(client())
+    snapshot = store.read_snapshot()
+    assert snapshot.generation == store.generation()
+    assert [t.id for t in snapshot.tenants] == ["acme"]
+    assert [k.selector for k in snapshot.keys] == ["s1"] and snapshot.clients == [client()]
+    with store.transaction():  # inside a write transaction it joins it, and sees its writes
+        store.save_tenant(tenant("beta"))
+        assert [t.id for t in store.read_snapshot().tenants] == ["acme", "beta"]

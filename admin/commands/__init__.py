@@ -12,10 +12,12 @@ from admin.commands import (
     revalidate,
     rotate_key,
     send_test,
+    serve,
     tenants,
+    tokens,
     users,
     validate,
 )
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (users, tenants, records, export, validate, clients, send_test,
-                                        rotate_key, revalidate, audit)
+                                        rotate_key, revalidate, audit, tokens, serve)

@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from admin.context import EXIT_OK, Context
+from admin.services import audit_entries, entry_json
 from relay.models import AuditEntry
 
 
@@ -21,19 +22,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.authorize("audit", tenant=args.tenant)
-    if args.tenant is not None:
-        ctx.tenant(args.tenant)
-    entries = ctx.store.list_audit(args.tenant)
+    entries = audit_entries(ctx, args.tenant)
     text = "\n".join(line(e) for e in entries) if entries else "no audit entries"
     ctx.emit([entry_json(e) for e in entries], text)
     return EXIT_OK
-
-
-def entry_json(entry: AuditEntry) -> dict[str, Any]:
-    """SPEC.md's shape: time (ISO 8601), actor, action, tenant, outcome (done|denied), detail."""
-    return {"time": entry.time.isoformat(), "actor": entry.actor, "action": entry.action,
-            "tenant": entry.tenant, "outcome": entry.outcome, "detail": entry.detail}
 
 
 def line(entry: AuditEntry) -> str:

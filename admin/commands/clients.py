@@ -76,7 +76,11 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
                          "choose another name")
     tenants = sorted({inputs.identifier(t, "--tenant", "tenant id") for t in args.tenants or []})
     networks = sorted({inputs.network(n) for n in args.networks})
-    actor = ctx.authorize(ACTION, tenant=tenants[0] if len(tenants) == 1 else None)
+    actor = ctx.authorize(ACTION, tenant=tenants[0] if len(tenants) == 1 else None, field="--tenant")
+    if args.all_tenants:
+        ctx.require_unscoped(ACTION, "add a client for all tenants")
+    for tenant in tenants:  # the acting user's scope, outside the transaction: a refusal stays audited
+        ctx.tenant(tenant, "--tenant")
     secret = new_secret()
     client = Client(name=name, secret_hash=hash_secret(secret), all_tenants=bool(args.all_tenants),
                     tenants=tuple(tenants), networks=tuple(networks), created_at=utcnow())

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from admin.commands.records import tenant_records
 from admin.context import EXIT_OK, Context, UsageError
-from admin.export import build_workbook, save_atomically
+from admin.export import save_atomically
 from admin.export_texts import DEFAULT_LANGUAGE, LANGUAGES
+from admin.services import export_workbook
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -38,11 +38,8 @@ def output_path(text: str) -> Path:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.authorize("export", tenant=args.tenant)
+    tenant, workbook = export_workbook(ctx, args.tenant, args.lang)
     target = output_path(args.output)
-    tenant, records = tenant_records(ctx, args.tenant)
-    workbook = build_workbook(tenant.sender, records, ctx.store.latest_checks(tenant.id),
-                              LANGUAGES[args.lang])
     try:
         save_atomically(workbook, target)
     except OSError as exc:

@@ -6,9 +6,8 @@ import argparse
 from typing import Any
 
 from admin.context import EXIT_OK, Context, UsageError
-from admin.records import DnsRecord, records_for
 from admin.render import CSV_SEPARATORS, FORMATS, render
-from relay.models import Tenant
+from admin.services import tenant_records
 from relay.store import utcnow
 
 
@@ -24,18 +23,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="CSV field separator: ',' (default) or ';' (for spreadsheets whose "
                              "list separator is ';')")
     parser.set_defaults(handler=run)
-
-
-def tenant_records(ctx: Context, tenant_id: str) -> tuple[Tenant, list[DnsRecord]]:
-    """The tenant and every record it publishes, retiring keys included (still published until removed)."""
-    tenant = ctx.tenant(tenant_id)
-    records = records_for(
-        tenant.sender,
-        ctx.store.list_keys(tenant.id),
-        return_path_target=ctx.settings.return_path_target,
-        dmarc_rua=ctx.settings.dmarc_rua,
-    )
-    return tenant, records
 
 
 def chosen_format(requested: str | None, json_output: bool) -> str:
@@ -54,7 +41,6 @@ def chosen_separator(requested: str | None, fmt: str) -> str:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     fmt = chosen_format(args.format, ctx.json_output)
     sep = chosen_separator(args.sep, fmt)
-    ctx.authorize("records", tenant=args.tenant)
     tenant, records = tenant_records(ctx, args.tenant)
     ctx.out.write(render(records, fmt, zone=tenant.sender.domain, sep=sep, now=utcnow()))
     return EXIT_OK

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 from admin import lifecycle
-from admin.commands.validate import send_notifications
+from admin.services import send_notifications
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context, UsageError
 from admin.revalidation import all_verified, revalidate
 from admin.validation import COULD_NOT_CHECK, ValidationReport
@@ -38,9 +38,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if args.tenant is not None:
         ctx.tenant(args.tenant)
     holder = lifecycle.default_holder()
-    reports = asyncio.run(revalidate(ctx.store, ctx.settings, all_tenants=args.all_tenants,
-                                     tenant_ids=[args.tenant] if args.tenant else [], holder=holder,
-                                     actor=actor))
+    # --all is every tenant the acting user sees: a scoped admin re-checks its own tenants only.
+    ids = [args.tenant] if args.tenant else [t.id for t in ctx.visible_tenants()]
+    reports = asyncio.run(revalidate(ctx.store, ctx.settings, tenant_ids=ids, holder=holder, actor=actor))
     ctx.emit([r.to_json() for r in reports], "\n".join(line(r) for r in reports))
     send_notifications(ctx, [i for r in reports for i in r.notifications], holder=holder, due=True)
     return EXIT_OK if all_verified(reports) else EXIT_NEGATIVE

@@ -6,12 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from admin import inputs
-from admin.context import EXIT_OK, Context, StorageError, UsageError
-from admin.records import DnsRecord, records_for
-from admin.rotation import ACTION, Rotation, RotationRefused, UnknownTenant, rotate_key
-from admin.tenants import KeyWriteError
-from relay.store import utcnow
+from admin import inputs, services
+from admin.context import EXIT_OK, Context
+from admin.records import DnsRecord
+from admin.rotation import Rotation
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -35,13 +33,6 @@ def duration_words(seconds: float) -> str:
     return f"{count} second{'' if count == 1 else 's'}"
 
 
-def new_record(ctx: Context, rotation: Rotation) -> DnsRecord:
-    """The record IT must publish for the new key, exactly as `records` lists it."""
-    records = records_for(rotation.tenant.sender, [rotation.key],
-                          return_path_target=ctx.settings.return_path_target)
-    return next(record for record in records if record.purpose == "dkim")
-
-
 def rotation_text(rotation: Rotation, record: DnsRecord, key_file: Path, overlap: str) -> str:
     """What was issued, the record to publish, and the next step."""
     tid, old, new = rotation.tenant.id, rotation.active.selector, rotation.key.selector
@@ -63,24 +54,9 @@ def rotation_text(rotation: Rotation, record: DnsRecord, key_file: Path, overlap
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
-    actor = ctx.authorize(ACTION, tenant=tenant_id)
-    ctx.tenant(tenant_id)  # an unknown tenant is exit 2, before any key is generated
-    keys_dir = Path(ctx.settings.keys_dir).absolute()
-    try:
-        rotation = rotate_key(ctx.store, keys_dir, tenant_id, actor=actor)
-    except RotationRefused as exc:
-        raise UsageError(str(exc)) from None
-    except UnknownTenant:
-        raise ctx.unknown_tenant(tenant_id) from None
-    except KeyWriteError as exc:
-        raise StorageError(f"{exc}; RELAY_KEYS_DIR={ctx.settings.keys_dir} must be a directory this "
-                           "user can write; nothing changed") from None
-    record = new_record(ctx, rotation)
-    key_file = keys_dir / rotation.key.key_file
-    data = {
-        "tenant": tenant_id, "selector": rotation.key.selector, "state": rotation.key.state.value,
-        "record": record.as_json(utcnow()), "active_selector": rotation.active.selector,
-        "key_file": str(key_file), "key_overlap_seconds": ctx.settings.key_overlap,
-    }
+    rotation = services.rotate(ctx, tenant_id)
+    record = services.new_record(ctx, rotation)
+    key_file = Path(ctx.settings.keys_dir).absolute() / rotation.key.key_file
+    data = services.rotation_json(ctx, rotation) | {"key_file": str(key_file)}
     ctx.emit(data, rotation_text(rotation, record, key_file, duration_words(ctx.settings.key_overlap)))
     return EXIT_OK

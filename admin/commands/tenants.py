@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from admin import inputs
-from admin.context import EXIT_OK, Context, StorageError
-from admin.records import human_time, in_lifecycle_order, key_note
+from admin import inputs, services
+from admin.context import EXIT_OK, Context
+from admin.records import human_time
 from admin.render import domain_label
-from admin.tenants import KeyWriteError, TenantChange, set_tenant
-from relay import directory
-from relay.models import CheckResult, DkimKey, Sender, Tenant
-from relay.store import utcnow
-
-DEFAULT_RETURN_PATH = "bounce"
+from admin.services import DEFAULT_RETURN_PATH
+from admin.tenants import TenantChange
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -36,56 +32,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(handler=show_command)
     list_ = actions.add_parser("list", parents=[common], help="all tenants")
     list_.set_defaults(handler=list_command)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def key_json(key: DkimKey, domain: str, now: datetime) -> dict[str, Any]:
-    """One DKIM key as `tenant show --json` lists it: selector, state, times, its record, what to do."""
-    return {
-        "selector": key.selector,
-        "state": key.state.value,
-        "name": f"{key.selector}._domainkey.{domain}",
-        "created_at": _iso(key.created_at),
-        "remove_after": _iso(key.remove_after),
-        "note": key_note(key.state, key.remove_after, now),
-    }
-
-
-def tenant_json(tenant: Tenant, key: DkimKey | None, checks: list[CheckResult] | None = None,
-                keys: list[DkimKey] | None = None) -> dict[str, Any]:
-    """The `tenant show --json` object; `tenant list --json` leaves out `checks` and `keys`."""
-    s = tenant.sender
-    data: dict[str, Any] = {
-        "tenant": tenant.id,
-        "name": s.name,
-        "email": s.email,
-        "domain": s.domain,
-        "domain_unicode": inputs.unicode_domain(s.domain),
-        "return_path": s.return_path_label,
-        "return_path_host": s.return_path_host,
-        "selector": key.selector if key else None,
-        "status": str(tenant.status),
-        "created_at": _iso(tenant.created_at),
-        "updated_at": _iso(tenant.updated_at),
-        "last_validated_at": _iso(tenant.last_validated_at),
-        "verified_at": _iso(tenant.verified_at),
-    }
-    if keys is not None:
-        now = utcnow()
-        data["keys"] = [key_json(k, s.domain, now) for k in in_lifecycle_order(keys)]
-    if checks is not None:
-        data["checks"] = [
-            {
-                "purpose": c.purpose, "type": c.type, "name": c.name, "status": c.status.value,
-                "expected": c.expected, "found": list(c.found), "diagnosis": c.diagnosis,
-                "checked_at": _iso(c.checked_at),
-            }
-            for c in checks
-        ]
-    return data
 
 
 def tenant_text(data: dict[str, Any]) -> str:
@@ -133,21 +79,6 @@ def _human(iso: str) -> str:
     return human_time(datetime.fromisoformat(iso))
 
 
-def _sender_from_args(ctx: Context, tenant_id: str, args: argparse.Namespace) -> Sender:
-    """Every input check, before anything is written; field named in each message."""
-    name = inputs.display_name(args.name)
-    address = inputs.email(args.email)
-    domain = inputs.sender_domain(args.domain)
-    inputs.email_within_domain(address, domain)
-    if args.return_path is not None:
-        label = inputs.return_path_label(args.return_path)
-    else:  # an omitted label keeps the tenant's own: omitting it must not change the records
-        existing = ctx.store.get_tenant(tenant_id)
-        label = existing.sender.return_path_label if existing else DEFAULT_RETURN_PATH
-    inputs.return_path_clear_of_address(label, address, domain)
-    return Sender(name=name, email=address, domain=domain, return_path_label=label)
-
-
 def _summary(change: TenantChange, key_file: Path) -> str:
     tid = change.tenant.id
     if not change.changed:
@@ -160,31 +91,11 @@ def _summary(change: TenantChange, key_file: Path) -> str:
             f"next: publish `relay-admin records {tid}`, then run `relay-admin validate {tid}`")
 
 
-def _set_tenant(ctx: Context, keys_dir: Path, tenant_id: str, sender: Sender,
-                actor: str) -> TenantChange:
-    """`set_tenant`, saying so when it had to create the keys directory (RELAY_KEYS_DIR may be relative)."""
-    new_dir = not keys_dir.exists()
-    try:
-        change = set_tenant(ctx.store, keys_dir, tenant_id, sender, actor=actor,
-                            key_overlap=timedelta(seconds=ctx.settings.key_overlap))
-    except KeyWriteError as exc:
-        raise StorageError(f"{exc}; RELAY_KEYS_DIR={ctx.settings.keys_dir} must be a directory this "
-                           "user can write; nothing changed") from None
-    if new_dir and keys_dir.is_dir():
-        ctx.notice(f"created the keys directory {keys_dir} (RELAY_KEYS_DIR={ctx.settings.keys_dir})")
-    return change
-
-
 def set_command(ctx: Context, args: argparse.Namespace) -> int:
-    tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
-    sender = _sender_from_args(ctx, tenant_id, args)
-    actor = ctx.authorize("tenant.set", tenant=tenant_id)
-    # Absolute once, here: every path the command reports is then one the reader can find.
-    keys_dir = Path(ctx.settings.keys_dir).absolute()
-    change = _set_tenant(ctx, keys_dir, tenant_id, sender, actor)
-    key_file = keys_dir / change.key.key_file
-    data = tenant_json(change.tenant, change.key, ctx.store.latest_checks(tenant_id),
-                       ctx.store.list_keys(tenant_id))
+    change = services.set_sender(ctx, args.tenant, services.SenderInput(
+        name=args.name, email=args.email, domain=args.domain, return_path=args.return_path))
+    key_file = Path(ctx.settings.keys_dir).absolute() / change.key.key_file
+    data = services.tenant_view(ctx, change.tenant)
     data["key_issued"] = change.key_issued
     data["key_file"] = str(key_file)
     ctx.emit(data, _summary(change, key_file) + "\n\n" + tenant_text(data))
@@ -193,20 +104,13 @@ def set_command(ctx: Context, args: argparse.Namespace) -> int:
 
 def show_command(ctx: Context, args: argparse.Namespace) -> int:
     tenant_id = inputs.identifier(args.tenant, "TENANT", "tenant id")
-    ctx.authorize("tenant.show", tenant=tenant_id)
-    tenant = ctx.tenant(tenant_id)
-    keys = ctx.store.list_keys(tenant.id)
-    data = tenant_json(tenant, directory.active_key(keys), ctx.store.latest_checks(tenant.id), keys)
+    data = services.show_tenant(ctx, tenant_id)
     ctx.emit(data, tenant_text(data))
     return EXIT_OK
 
 
 def list_command(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.authorize("tenant.list")
-    keys: dict[str, list[DkimKey]] = {}
-    for key in ctx.store.list_keys():  # one query for all tenants, not one per tenant
-        keys.setdefault(key.tenant, []).append(key)
-    items = [tenant_json(t, directory.active_key(keys.get(t.id, []))) for t in ctx.store.list_tenants()]
+    items = services.list_tenants(ctx)
     ctx.emit(items, _table(items))
     return EXIT_OK
 

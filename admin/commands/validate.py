@@ -8,16 +8,13 @@ and exits 1; that check's result shows in `relay-admin tenant show` a few second
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from admin import lifecycle, notify
+from admin import services
 from admin.checks.common import duration
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
-from admin.notify import Delivery
-from admin.validation import COULD_NOT_CHECK, UnknownTenant, ValidationReport, validate_tenant
+from admin.services import when
+from admin.validation import COULD_NOT_CHECK, ValidationReport
 from relay.models import CheckResult, TenantStatus
 
 STATUS_LABEL = {"ok": "OK", "missing": "MISSING", "mismatch": "MISMATCH", "warning": "WARNING",
@@ -35,38 +32,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    actor = ctx.authorize("validate", tenant=args.tenant)
-    holder = lifecycle.default_holder()
-    try:
-        report = asyncio.run(validate_tenant(ctx.store, ctx.settings, args.tenant, actor=actor,
-                                             holder=holder))
-    except UnknownTenant:
-        raise ctx.unknown_tenant(args.tenant) from None
+    report = services.validate(ctx, args.tenant)
     ctx.emit(report.to_json(), render(report, grace=ctx.settings.grace))
-    send_notifications(ctx, report.notifications, holder=holder)
     return EXIT_OK if report.verified else EXIT_NEGATIVE
-
-
-def send_notifications(ctx: Context, ids: Sequence[int], *, holder: str, due: bool = False) -> None:
-    """One delivery attempt right after the commit; a failure is a warning, retried later."""
-    if ctx.settings.notify_url is None or not (ids or due):
-        return
-    deliveries = asyncio.run(notify.deliver_due(ctx.store, ctx.settings, holder=holder) if due
-                             else notify.deliver(ctx.store, ctx.settings, ids, holder=holder))
-    for delivery in deliveries:
-        if not delivery.delivered:
-            ctx.notice(undelivered(delivery, notify.where(ctx.settings.notify_url)))
-
-
-def undelivered(delivery: Delivery, url: str) -> str:
-    later = (f"queued, next attempt after {when(delivery.retry_at)}" if delivery.retry_at
-             else "given up after 24 hours of attempts")
-    return (f"warning: notification {delivery.notification} could not be delivered to {url}"
-            f" ({delivery.error}); {later}")
-
-
-def when(value: datetime) -> str:
-    return f"{value:%Y-%m-%d %H:%M} UTC"
 
 
 def render(report: ValidationReport, *, grace: float) -> str:
