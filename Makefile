@@ -20,7 +20,7 @@ install: $(STAMP)
 # browser), and PostgreSQL (the store's second backend: tests/postgres.py starts a throwaway cluster in
 # a temporary directory and stops it; nothing uses a system-wide server). Installed as root when
 # missing. `make test` then requires them: a test whose peer is missing fails
-# (RELAY_TEST_REQUIRE_PEERS=1) instead of hiding a broken install.
+# (ACCOUNTON_REQUIRE_PEERS=1) instead of hiding a broken install.
 DEBIAN_PACKAGES := nsd libreoffice-calc-nogui poppler-utils fonts-dejavu-core fonts-liberation2 chromium chromium-driver postgresql
 
 deps-debian:
@@ -44,7 +44,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) deps-debian typecheck
-	RELAY_TEST_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
+	ACCOUNTON_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from admin import inputs
 from admin.commands import COMMAND_MODULES
 from admin.context import EXIT_STORE, EXIT_USAGE, PROG, CliError, Context
 from relay.settings import Settings, SettingsError, load_settings
@@ -76,6 +77,18 @@ def _open_store(settings: Settings, args: argparse.Namespace, actor: str | None)
     return store
 
 
+def _acting_user(args: argparse.Namespace, settings: Settings) -> str | None:
+    """`--as USER`, else RELAY_ADMIN_USER, checked as a user name; None when neither is given.
+
+    An empty or malformed name is bad input (exit 2), never the bootstrap: it would be audited as
+    `(bootstrap)`, or with a line feed in it as a forged second audit line.
+    """
+    if hasattr(args, "actor"):  # given, even as '': argparse.SUPPRESS leaves it out otherwise
+        return inputs.identifier(args.actor, "--as", "user name")
+    named = settings.admin_user if settings.admin_user is not None else os.environ.get("RELAY_ADMIN_USER")
+    return None if named is None else inputs.identifier(named, "RELAY_ADMIN_USER", "user name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -84,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except SettingsError as exc:
         return _fail(exc, EXIT_USAGE)
-    actor = getattr(args, "actor", None) or settings.admin_user or os.environ.get("RELAY_ADMIN_USER")
     try:
+        actor = _acting_user(args, settings)
         store = _open_store(settings, args, actor)
     except CliError as exc:  # the bootstrap's own input checks, made before creating anything
         return _fail(exc, exc.exit_code)

@@ -92,6 +92,11 @@ class Context:
                               "see `relay-admin tenant list`", tenant=tenant_id, field=field)
 
     @property
+    def audit_actor(self) -> str:
+        """The acting user's name for the audit log; `(bootstrap)` only when none was given at all."""
+        return self.actor_name if self.actor_name is not None else BOOTSTRAP_ACTOR
+
+    @property
     def acting_user(self) -> User | None:
         """The acting user as the store holds it; None without one, or for a name it does not know."""
         return self.store.get_user(self.actor_name) if self.actor_name is not None else None
@@ -138,7 +143,7 @@ class Context:
     def _out_of_scope(self, action: str, tenant_id: str, field: str) -> NoReturn:
         """Audit the attempt as denied, then answer exactly as for a tenant that does not exist."""
         self.audit(action, tenant=_escaped(tenant_id), outcome="denied", actor=_escaped(
-            self.actor_name or BOOTSTRAP_ACTOR), detail=_escaped(
+            self.audit_actor), detail=_escaped(
             f"user {self.actor_name!r} has no tenant {tenant_id!r} in its scope"))
         raise self.unknown_tenant(tenant_id, field)
 
@@ -208,7 +213,7 @@ class Context:
         # Every denied attempt is audited, reading ones included: a probe is worth knowing about.
         # The name comes from argv and may hold undecodable bytes (surrogates): store it escaped.
         self.audit(action, tenant=None if tenant is None else _escaped(tenant), outcome="denied",
-                   detail=_escaped(detail), actor=_escaped(self.actor_name or BOOTSTRAP_ACTOR))
+                   detail=_escaped(detail), actor=_escaped(self.audit_actor))
         who = f" for {user.name} ({user.role.value})" if user is not None else ""
         raise PermissionDenied(f"permission denied{who}: {why}")
 
@@ -224,7 +229,7 @@ class Context:
         self.store.add_audit(
             AuditEntry(
                 time=utcnow(),
-                actor=actor or self.actor_name or BOOTSTRAP_ACTOR,
+                actor=actor if actor is not None else self.audit_actor,
                 action=action,
                 tenant=tenant,
                 outcome=outcome,

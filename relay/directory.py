@@ -13,7 +13,9 @@ at every poll, never creating it (`relay-admin user add` does).
 Keys are loaded once and kept in memory; a key file is read again only when its identity on disk changes
 (tenant, selector, domain, inode, mtime, ctime: a `chmod` changes ctime). Keys fail closed per tenant: a
 broken key leaves that tenant without a signer (451 4.3.5 at send time) and logs one line naming
-tenant and selector; other tenants are unaffected.
+tenant and selector; other tenants are unaffected. Broken means missing, unreadable, too open, not an
+RSA key of at least 2048 bits, outside the keys directory or reached through a symlink (relay.dkimkeys),
+or not the key whose public half the store holds for that selector (another key copied over the file).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.dkimkeys import KeyFileError, load_private_key
+from relay.dkimkeys import KeyFileError, key_file_path, load_private_key
 from relay.models import Client, DkimKey, KeyState, Tenant
 from relay.replies import KEY_UNAVAILABLE, ReplyError
 from relay.signer import DkimSigner
@@ -66,9 +68,10 @@ def active_key(keys: list[DkimKey]) -> DkimKey | None:
 
 
 def _stamp(keys_dir: Path, key: DkimKey, domain: str) -> KeyStamp | None:
+    """The key file's identity on disk (lstat: a symlink put in its place is a change), or None."""
     try:
-        info = os.stat(keys_dir / key.key_file)
-    except OSError:
+        info = os.lstat(key_file_path(keys_dir, key.key_file))
+    except (OSError, KeyFileError):
         return None
     return (key.tenant, key.selector, domain, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
 
@@ -182,7 +185,7 @@ class Directory:
 
     def _signer(self, tenant: Tenant, key: DkimKey, stamp: KeyStamp | None) -> DkimSigner | KeyProblem:
         try:
-            private = load_private_key(self._keys_dir, key.key_file)
+            private = load_private_key(self._keys_dir, key.key_file, public_key=key.public_key_b64)
             return DkimSigner(private_key=private, domain=tenant.sender.domain, selector=key.selector)
         except (KeyFileError, ReplyError, ValueError) as exc:
             reason = getattr(exc, "detail", None) or str(exc)  # SigningKeyError keeps its reason in detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import secrets
 import stat
@@ -63,25 +64,85 @@ def write_private_key(keys_dir: Path, relative: str, key: rsa.RSAPrivateKey) -> 
     return write_atomically(target, pem, mode=0o600)
 
 
-def load_private_key(keys_dir: Path, relative: str) -> rsa.RSAPrivateKey:
-    """Load a signing key, refusing anything that is not a private, RSA, >= 2048-bit key file."""
-    path = keys_dir / relative
+# Opening a key, one path component at a time below RELAY_KEYS_DIR: never through a symlink (O_NOFOLLOW
+# on every component, O_DIRECTORY on the directories), and O_NONBLOCK so that a FIFO planted in the
+# key's place cannot hang the reload (it is refused as "not a regular file" after fstat).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def key_file_parts(relative: str) -> list[str]:
+    """The store's key_file as path components below RELAY_KEYS_DIR, or KeyFileError (absolute, `..`)."""
+    parts = relative.split("/")
+    if relative.startswith("/") or "\x00" in relative or any(part in ("", ".", "..") for part in parts):
+        raise KeyFileError(f"key file {relative!r} is not a plain path inside the keys directory")
+    return parts
+
+
+def key_file_path(keys_dir: Path, relative: str) -> Path:
+    """Where the store's key_file is, checked by `key_file_parts` (never a path outside `keys_dir`)."""
+    return keys_dir.joinpath(*key_file_parts(relative))
+
+
+def _open_key_file(keys_dir: Path, parts: list[str]) -> int:
+    """A read descriptor for keys_dir/parts, with no symlink anywhere below keys_dir (OSError if so)."""
+    fd = os.open(keys_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the configured dir may be a link
     try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} is missing") from None
-    except OSError as exc:
-        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeyFileError(f"key file {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise KeyFileError(
-            f"key file {path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):04o}, want 0600)"
-        )
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _first_link(keys_dir: Path, parts: list[str]) -> Path | None:
+    """The first symbolic link on the way from keys_dir to the key file, if any (for the message)."""
+    for depth in range(1, len(parts) + 1):
+        candidate = keys_dir.joinpath(*parts[:depth])
+        if candidate.is_symlink():
+            return candidate
+    return None
+
+
+def _open_error(keys_dir: Path, parts: list[str], exc: OSError) -> KeyFileError:
+    path = keys_dir.joinpath(*parts)
+    if isinstance(exc, FileNotFoundError):
+        return KeyFileError(f"key file {path} is missing")
+    link = _first_link(keys_dir, parts) if exc.errno in (errno.ELOOP, errno.ENOTDIR) else None
+    if link is not None:  # O_NOFOLLOW met it: ELOOP for the file itself, ENOTDIR for a directory
+        return KeyFileError(f"key file {path} is reached through the symbolic link {link}; keys are read "
+                            "only from regular files inside the keys directory")
+    return KeyFileError(f"key file {path} cannot be read: {exc.strerror}")
+
+
+def _read_key_file(keys_dir: Path, relative: str) -> bytes:
+    """The bytes of a private (0600), regular key file inside keys_dir, or KeyFileError."""
+    parts = key_file_parts(relative)
+    path = keys_dir.joinpath(*parts)
     try:
-        data = path.read_bytes()
+        fd = _open_key_file(keys_dir, parts)
     except OSError as exc:
-        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
+        raise _open_error(keys_dir, parts, exc) from None
+    with os.fdopen(fd, "rb") as handle:  # fstat on what was opened: no window for a swap after a check
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"key file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise KeyFileError(f"key file {path} is readable by group or others "
+                               f"(mode {stat.S_IMODE(info.st_mode):04o}, want 0600)")
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
+
+
+def load_private_key(keys_dir: Path, relative: str, *, public_key: str) -> rsa.RSAPrivateKey:
+    """Load a signing key, refusing anything that is not a private, RSA, >= 2048-bit key file inside
+    keys_dir whose public half is `public_key` (the store's `p=` value for its selector)."""
+    path = key_file_path(keys_dir, relative)
+    data = _read_key_file(keys_dir, relative)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -90,4 +151,9 @@ def load_private_key(keys_dir: Path, relative: str) -> rsa.RSAPrivateKey:
         raise KeyFileError(f"key file {path} is not an RSA key")
     if key.key_size < MIN_KEY_BITS:
         raise KeyFileError(f"key file {path} has {key.key_size} bits, fewer than {MIN_KEY_BITS}")
+    # A key copied over this file (another tenant's, an old one) would sign mail that fails at every
+    # receiver (RFC 6376 6.1.3: the signature is checked with the published p=); refuse it instead.
+    if public_key_b64(key) != public_key:
+        raise KeyFileError(f"key file {path} does not match the public key the store holds for this "
+                           "selector (another key was put in its place?)")
     return key

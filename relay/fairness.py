@@ -31,7 +31,9 @@ class TenantGate:
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("a tenant gate needs a limit of at least 1")
-        self._limit = limit
+        # Turns per tenant. Changed live (SIGHUP), it applies to a tenant once its queue has emptied:
+        # a queue that is waiting keeps the semaphore it has.
+        self.limit = limit
         self._slots: dict[str, _Slot] = {}
 
     def __len__(self) -> int:
@@ -48,7 +50,7 @@ class TenantGate:
         """Hold one of `tenant`'s turns; waiting longer than `wait` seconds raises `ReplyError(TENANT_BUSY)`."""
         slot = self._slots.get(tenant)
         if slot is None:
-            slot = self._slots[tenant] = _Slot(asyncio.Semaphore(self._limit))
+            slot = self._slots[tenant] = _Slot(asyncio.Semaphore(self.limit))
         slot.users += 1
         try:
             try:

@@ -34,6 +34,11 @@ class ConnectionCounter:
     def total(self) -> int:
         return self._total
 
+    def set_limits(self, *, max_total: int, max_per_ip: int) -> None:
+        """New limits (SIGHUP): they decide the next admission; sessions already open stay open."""
+        self._max_total = max_total
+        self._max_per_ip = max_per_ip
+
     def count(self, ip: str) -> int:
         return self._by_ip[plain_ip(ip)]
 

@@ -4,7 +4,12 @@ The relay never creates the store: on a fresh install it starts, serves no clien
 store up once `relay-admin user add` has created it. Every worker also re-checks the tenants' DNS on
 its own (`relay.revalidator`, started with the worker's relay); a lease makes one of them check a given
 tenant. SIGTERM or SIGINT stops it politely (see `relay.server.RunningRelay.stop`); with several
-workers the parent forwards the signal and waits.
+workers the parent forwards the signal and waits. SIGHUP reloads the settings that can change live and
+looks at the keys at once (`relay.reload`); the parent forwards it too.
+
+Logging goes to stderr in RELAY_LOG_FORMAT (`relay.logs`); the banner goes to stdout, in the same
+format. With RELAY_METRICS_LISTEN the metrics server (`relay.metrics`) runs as a thread of the parent
+(or of the one relay process), started after the workers are forked, and adds up every worker's counts.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from relay import logs, metrics
 from relay.directory import Directory
 from relay.limits import plural
 from relay.models import Role
 from relay.policy import is_loopback
+from relay.reload import Sighup
 from relay.server import start_relay, tls_context
 from relay.settings import Settings, SettingsError, load_settings
 from relay.store import Store, StoreError, StoreMissing, open_store, store_location
@@ -117,6 +124,17 @@ def listen_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def metrics_socket(settings: Settings) -> socket.socket | None:
+    """Bind RELAY_METRICS_LISTEN once, in the parent, so that a bad address stops start-up (None: unset)."""
+    address = settings.metrics_listen
+    if address is None:
+        return None
+    try:
+        return metrics.listen((address.host, address.port))
+    except OSError as exc:
+        raise StartupError(f"RELAY_METRICS_LISTEN: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
 def _upstream(settings: Settings) -> str:
     """The upstream as the banner names it: never its password, an outbox as an absolute path."""
     upstream = settings.upstream
@@ -154,13 +172,15 @@ def next_step(settings: Settings, facts: StoreFacts, where: str) -> str:
     return f"ready: services send to {where} with SMTP AUTH PLAIN or LOGIN, user = the client's name"
 
 
-def banner(settings: Settings, address: tuple[str, int], facts: StoreFacts) -> str:
+def banner(settings: Settings, address: tuple[str, int], facts: StoreFacts, *,
+           metrics_address: tuple[str, int] | None = None) -> str:
     """Facts (where it listens and sends, its store and keys) and the next step that is right now."""
     host, port = address
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     keys = settings.keys_dir.resolve()
     lines = [
         f"listening on {where} ({plural(settings.workers, 'worker')})",
+        *([f"metrics on {metrics.url(metrics_address)} (and /healthz, /readyz)"] if metrics_address else []),
         f"upstream {_upstream(settings)}",
         f"store {facts.location}: {_store_summary(facts)}",
         f"keys {keys}" + ("" if keys.is_dir() else " (does not exist yet)"),
@@ -187,8 +207,12 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
     # A worker is forked with these blocked (see `_fork_worker`); now that they are handled, let them in.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS | {signal.SIGCHLD})
     relay = await start_relay(settings, None, sock=sock)
+    hup = Sighup(relay, settings)
+    loop.add_signal_handler(signal.SIGHUP, hup.received)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since `main` began
     await stop.wait()
-    await relay.stop(grace=settings.shutdown_grace, reason=received[0])
+    await hup.close()
+    await relay.stop(grace=hup.settings.shutdown_grace, reason=received[0])
     return EXIT_OK
 
 
@@ -197,10 +221,14 @@ def serve(settings: Settings, sock: socket.socket) -> int:
     return asyncio.run(_serve(settings, sock))
 
 
-def _fork_worker(settings: Settings, sock: socket.socket) -> int:
-    """Fork a worker; it inherits the parent's blocked signals until its event loop handles them."""
+def _fork_worker(settings: Settings, sock: socket.socket, parents: tuple[socket.socket, ...] = ()) -> int:
+    """Fork a worker; it inherits the parent's blocked signals until its event loop handles them.
+
+    `parents` are sockets only the parent serves (the metrics server's): the worker closes its copies."""
     pid = os.fork()
     if pid == 0:
+        for other in parents:
+            other.close()
         os._exit(_worker(settings, sock))
     return pid
 
@@ -226,21 +254,40 @@ def _forward(children: set[int], signum: int) -> None:
             pass  # exited meanwhile; reaped at its SIGCHLD
 
 
-def supervise(settings: Settings, sock: socket.socket) -> int:
-    """Fork the workers; forward SIGTERM/SIGINT to them; exit when they have all exited.
+def _reload_parent(settings: Settings, children: set[int]) -> None:
+    """SIGHUP in the parent: its own log format, then every worker (each says what it applied)."""
+    try:
+        logs.configure(load_settings().log_format)
+    except SettingsError:
+        pass  # each worker says why in its own line
+    log.info("SIGHUP: forwarded to %s", plural(len(children), "worker"))
+    _forward(children, signal.SIGHUP)
+
+
+def supervise(settings: Settings, sock: socket.socket, server: metrics.MetricsServer | None = None,
+              metrics_dir: Path | None = None) -> int:
+    """Fork the workers; forward SIGTERM/SIGINT/SIGHUP to them; exit when they have all exited.
 
     A worker that dies on its own takes the others down (exit 1): a supervisor such as systemd
-    restarts the whole relay rather than run it short-handed without anyone noticing.
+    restarts the whole relay rather than run it short-handed without anyone noticing. The metrics
+    `server` starts once every worker is forked (no thread is ever forked).
     """
     # Signals are taken synchronously (sigwaitinfo), never by a handler: a stop that arrives while
     # forking waits, blocked, and is forwarded to every worker once all exist.
-    waited = STOP_SIGNALS | {signal.SIGCHLD}
+    waited = STOP_SIGNALS | {signal.SIGCHLD, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    children = {_fork_worker(settings, sock) for _ in range(settings.workers)}
+    parents = (server.socket,) if server is not None else ()
+    children = {_fork_worker(settings, sock, parents) for _ in range(settings.workers)}
     sock.close()  # the workers hold the listener; when they close theirs on stop, it is closed
+    if server is not None:
+        server.start()
     stopping, code = False, EXIT_OK
     while children:
         signum = signal.sigwaitinfo(waited).si_signo
+        if signum == signal.SIGHUP:
+            if not stopping:
+                _reload_parent(settings, children)
+            continue
         if signum != signal.SIGCHLD:
             if not stopping:
                 log.info("stopping on %s: forwarded to %s", signal.Signals(signum).name,
@@ -249,8 +296,11 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
             _forward(children, signum)
             continue
         for pid, status in _reap(children):
+            if metrics_dir is not None:
+                metrics.worker_exited(metrics_dir, pid)
             if not stopping:
-                print(f"relay: worker {pid} exited unexpectedly (status {status}); stopping", file=sys.stderr)
+                logs.line(f"worker {pid} exited unexpectedly (status {status}); stopping",
+                          log_format=settings.log_format, stream=sys.stderr, level="ERROR", logger=log.name)
                 stopping, code = True, EXIT_RUNTIME
                 _forward(children, signal.SIGTERM)
             elif os.waitstatus_to_exitcode(status) != EXIT_OK:
@@ -266,29 +316,53 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
     try:
         return serve(settings, sock)
     except BaseException as exc:  # os._exit follows: say why in one line instead of a lost traceback
-        print(f"relay: worker {os.getpid()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        logs.line(f"worker {os.getpid()} failed: {type(exc).__name__}: {exc}", log_format=settings.log_format,
+                  stream=sys.stderr, level="ERROR", logger=log.name)
         return EXIT_RUNTIME
+
+
+def _format_hint() -> logs.LogFormat:
+    """The log format asked for when the settings as a whole did not load (their error is said in it)."""
+    return "json" if os.environ.get("RELAY_LOG_FORMAT", "").strip().lower() == "json" else "text"
 
 
 def main() -> int:
     """Check everything once, print the banner, then serve in one process or supervise workers."""
+    # SIGHUP would end the process until a relay handles it (`_serve`, `supervise`): held until then.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr,
-            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        )
+    except SettingsError as exc:
+        logs.line(str(exc), log_format=_format_hint(), stream=sys.stderr, level="ERROR", logger=log.name)
+        return EXIT_CONFIG
+    logs.configure(settings.log_format)
+    try:
         check_tls(settings)
         facts = check_store(settings)  # logs one line per unusable key; those tenants get 451 4.3.5
         sock = listen_socket(settings)
-    except (SettingsError, StartupError) as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        metrics_sock = metrics_socket(settings)
+    except StartupError as exc:
+        logs.line(str(exc), log_format=settings.log_format, stream=sys.stderr, level="ERROR", logger=log.name)
         return EXIT_CONFIG
     host, port = sock.getsockname()[:2]
-    print(banner(settings, (str(host), int(port)), facts), flush=True)
-    if settings.workers == 1:
-        return serve(settings, sock)
-    return supervise(settings, sock)
+    metrics_address = metrics_sock.getsockname()[:2] if metrics_sock is not None else None
+    for line in banner(settings, (str(host), int(port)), facts, metrics_address=metrics_address).splitlines():
+        logs.line(line.removeprefix("relay: "), log_format=settings.log_format, stream=sys.stdout, logger=log.name)
+    if metrics_sock is None:
+        return serve(settings, sock) if settings.workers == 1 else supervise(settings, sock)
+    # Every worker's counts in one scrape: prometheus-client's multiprocess mode, set up before any
+    # worker exists, the directory removed when the relay exits.
+    metrics_dir = metrics.enable_multiprocess()
+    server = metrics.MetricsServer(metrics_sock, metrics.multiprocess_registry(metrics_dir),
+                                   reload_interval=settings.reload_interval)
+    try:
+        if settings.workers == 1:
+            server.start()
+            return serve(settings, sock)
+        return supervise(settings, sock, server, metrics_dir)
+    finally:
+        server.close()
+        metrics.disable_multiprocess(metrics_dir)
 
 
 def run() -> NoReturn:

@@ -1,6 +1,6 @@
 """Who may send what: client authentication, network-bound clients, addresses, the tenant and the identity.
 
-Every function here except `Authenticator.authenticate` is a pure decision over a directory snapshot;
+Every function here except the `Authenticator`'s methods is a pure decision over a directory snapshot;
 the server hooks gather state and call them, and render the `ReplyError`s they raise.
 """
 
@@ -11,16 +11,23 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
+from relay.auththrottle import MAX_FAILURES, WINDOW, AuthThrottle, Verdict
 from relay.credentials import hash_secret, verify_secret
 from relay.mailbox import is_address
 from relay.message import field_name, field_value, split_header_body
 from relay.models import Client, Sender, Tenant
 from relay.replies import (
+    AUTH_BUSY,
     AUTH_REQUIRED,
+    AUTH_THROTTLED,
+    AUTH_THROTTLED_CLOSE,
     BAD_ADDRESS,
     BAD_SENDER,
     SOURCE_ROUTE,
@@ -32,6 +39,9 @@ from relay.replies import (
     ReplyError,
 )
 from relay.rewrite import Identity
+
+log = logging.getLogger("relay.auth")
+_T = TypeVar("_T")
 
 
 def plain_ip(ip: str) -> str:
@@ -193,35 +203,81 @@ def decide_identity(
     return SendAs(identity=identity, signer_tenant=platform.id, sender=platform.sender)
 
 
+# scrypt (relay.credentials) on threads of its own: a burst of logins, right or wrong, never queues in
+# front of the loop's default executor (reloads, reverse DNS) nor the signing threads. At most
+# AUTH_QUEUE checks wait or run at once; beyond that AUTH gets 454 4.7.0 at once (RFC 4954 6).
+AUTH_THREADS = 2
+AUTH_QUEUE = 16
+
+
 class Authenticator:
-    """AUTH PLAIN/LOGIN against the store's clients: scrypt in a thread, successes cached in memory.
+    """AUTH PLAIN/LOGIN against the store's clients: scrypt on its own threads, successes cached in memory,
+    failures throttled per client address (relay.auththrottle).
 
     The cache maps a client name to an HMAC of (name, secret) under a random per-process key, plus
     the stored hash it was checked against: a changed secret in the store misses the cache, and the
     cache never holds a secret or anything that would test guesses offline without the key.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, throttle: AuthThrottle | None = None) -> None:
         self._key = secrets.token_bytes(32)
         self._cache: dict[str, tuple[bytes, str]] = {}
         # Unknown names still pay one scrypt, so timing does not reveal which clients exist.
         self._dummy_hash: str | None = None
+        self.throttle = throttle if throttle is not None else AuthThrottle()
+        self._hashing = ThreadPoolExecutor(max_workers=AUTH_THREADS, thread_name_prefix="relay-auth")
+        self._queued = 0
+
+    def close(self) -> None:
+        """Stop the AUTH threads (a check under way finishes; nothing new is taken)."""
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     def _mac(self, name: str, secret: str) -> bytes:
         return hmac.new(self._key, name.encode() + b"\x00" + secret.encode(), hashlib.sha256).digest()
 
-    async def authenticate(self, clients: Mapping[str, Client], name: str, secret: str) -> Client | None:
+    def admit(self, ip: str) -> None:
+        """Before anything else of an AUTH: `ReplyError` (454, or 421 when it keeps going) while `ip` is
+        held back. Nothing is checked then, a right secret included: a check that could still succeed
+        would let guesses go on at full speed."""
+        verdict = self.throttle.check(ip)
+        if verdict is not Verdict.ALLOW:
+            raise ReplyError(AUTH_THROTTLED_CLOSE if verdict is Verdict.CLOSE else AUTH_THROTTLED)
+
+    async def authenticate(self, clients: Mapping[str, Client], name: str, secret: str, *, ip: str) -> Client | None:
+        """The client these credentials name, or None (a failure counted against `ip`); call `admit` first.
+
+        `ReplyError` (454) when AUTH_QUEUE checks are already waiting for the AUTH threads.
+        """
+        client = await self._verify(clients, name, secret)
+        if client is None:
+            hold = self.throttle.failed(ip)
+            if hold:
+                log.warning("auth throttled: ip=%s %d failures within %gs; AUTH refused for %gs",
+                            ip, MAX_FAILURES, WINDOW, hold)
+        return client
+
+    async def _verify(self, clients: Mapping[str, Client], name: str, secret: str) -> Client | None:
         client = clients.get(name)
         mac = self._mac(name, secret)
         if client is not None:
             cached = self._cache.get(name)
             if cached is not None and cached[1] == client.secret_hash and hmac.compare_digest(cached[0], mac):
                 return client
-            if await asyncio.to_thread(verify_secret, secret, client.secret_hash):
+            if await self._hash(verify_secret, secret, client.secret_hash):
                 self._cache[name] = (mac, client.secret_hash)
                 return client
             return None
         if self._dummy_hash is None:
-            self._dummy_hash = await asyncio.to_thread(hash_secret, secrets.token_urlsafe(16))
-        await asyncio.to_thread(verify_secret, secret, self._dummy_hash)
+            self._dummy_hash = await self._hash(hash_secret, secrets.token_urlsafe(16))
+        await self._hash(verify_secret, secret, self._dummy_hash)
         return None
+
+    async def _hash(self, function: Callable[..., _T], *args: str) -> _T:
+        """`function(*args)` on the AUTH threads, or 454 4.7.0 when AUTH_QUEUE checks are already waiting."""
+        if self._queued >= AUTH_QUEUE:
+            raise ReplyError(AUTH_BUSY)
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._hashing, function, *args)
+        finally:
+            self._queued -= 1

@@ -48,6 +48,12 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 # RFC 5321 4.5.3.2: the server may end a session that stays idle; 421 tells the client to retry later.
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+# RFC 4954 6: 454 4.7.0 "Temporary authentication failure"; relay.auththrottle holds back an address after
+# repeated failures, and the AUTH threads have a bounded queue. A client that keeps going is told 421 and
+# the connection is closed (RFC 5321 3.8).
+AUTH_THROTTLED = Reply(454, "4.7.0", "Temporary authentication failure: too many failed attempts, try later")
+AUTH_THROTTLED_CLOSE = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+AUTH_BUSY = Reply(454, "4.7.0", "Temporary authentication failure: too many checks under way, try again")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
 # Addresses and the tenant (relay.policy)

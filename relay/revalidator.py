@@ -48,6 +48,7 @@ from admin import lifecycle, notify
 from admin.dnscheck import DnsClient
 from admin.revalidation import CONCURRENCY, due_tenant_ids, revalidate
 from admin.validation import LEASE_MARGIN, ValidationReport, check_budget, lease_name
+from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.store import Store, StoreError, StoreMissing, utcnow
 
@@ -68,6 +69,15 @@ def _words(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def result(report: ValidationReport) -> str:
+    """The `result` label of relay_revalidations_total for a check that ran (`error` is one that failed)."""
+    if report.skipped:
+        return "skipped"
+    if report.discarded:
+        return "discarded"
+    return report.outcome.replace(" ", "_")  # verified | not_verified | could_not_check
+
+
 def _release(store: Store, lease: str, holder: str) -> None:
     """Give a lease back while unwinding; if the store refuses, the lease runs out by itself."""
     try:
@@ -80,13 +90,15 @@ class Revalidator:
     """One worker's re-validation loop; `start()` runs it as a task, `stop()` ends it and closes its store.
 
     `opener` opens the store (raising `StoreMissing` while it does not exist); `tick`, `client` and
-    `changed` (called after a tick that changed a status) are for the relay's wiring and for tests.
+    `changed` (called after a tick that changed a status) are for the relay's wiring and for tests;
+    `metrics` counts each check's result (relay_revalidations_total).
     """
 
     def __init__(self, settings: Settings, *, opener: Callable[[], Store], tick: float | None = None,
                  client: DnsClient | None = None,
-                 changed: Callable[[], Awaitable[None]] | None = None) -> None:
+                 changed: Callable[[], Awaitable[None]] | None = None, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics()
         self._opener = opener
         self._store: Store | None = None
         self._client = client
@@ -161,6 +173,12 @@ class Revalidator:
         gate = asyncio.Semaphore(CONCURRENCY)
         ids = due_tenant_ids(store, utcnow(), self._interval)
         results = await asyncio.gather(*(self._check(store, t, gate) for t in ids), return_exceptions=True)
+        for outcome in results:
+            if isinstance(outcome, Exception):
+                self._metrics.revalidations.labels("error").inc()
+            elif isinstance(outcome, list):
+                for report in outcome:
+                    self._metrics.revalidations.labels(result(report)).inc()
         self._note_failures({t: r for t, r in zip(ids, results) if isinstance(r, BaseException)})
         return [report for result in results if isinstance(result, list) for report in result]
 

@@ -11,6 +11,8 @@ Deliberate departures from stock aiosmtpd (1.4.6):
 - Over RELAY_MAX_CONNECTIONS[_PER_IP] (relay.limits, counted per process) a connection gets
   `421 4.7.0` instead of the greeting and is closed before any session exists.
 - An idle session is told `421 4.4.2` before it is closed; aiosmtpd would just drop it.
+- The session timeout starts afresh when DATA is complete, so a slow upload never eats the time meant
+  for signing and upstream (R5); aiosmtpd restarts it only when a command arrives.
 - On stop (`RunningRelay.stop`, SIGTERM/SIGINT in `relay.main`) the listener closes at once, a session in
   DATA finishes its transaction (up to RELAY_SHUTDOWN_GRACE), and every session then gets
   `421 4.3.2 <hostname> shutting down` before it is closed (RFC 5321 3.8; relay.limits.Drain keeps
@@ -27,14 +29,16 @@ import logging
 import socket
 import ssl
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from relay.aiosmtpd_adapter import AdaptedSMTP
 from relay.directory import Directory
 from relay.limits import ConnectionCounter, Drain, plural, shutting_down
+from relay.metrics import MeteredDirectory, Metrics
 from relay.pipeline import Pipeline
 from relay.rdns import ReverseDns
 from relay.revalidator import Revalidator
@@ -89,37 +93,23 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(AdaptedSMTP):
     """aiosmtpd's protocol with the relay's DATA reader, raw paths, AUTH offered per connection, and
-    admission against the process's connection limits."""
-
-    _table_names: ClassVar[tuple[str, ...]]  # what aiosmtpd's __init__ looks for in dir(self)
+    admission against the process's connection limits (aiosmtpd's private names: relay.aiosmtpd_adapter)."""
 
     def __init__(self, handler: Any, *, max_size: int, connections: ConnectionCounter, drain: Drain | None = None,
-                 **kwargs: Any) -> None:
-        # aiosmtpd 1.4 builds its command and AUTH tables from dir(self) and inspect.getmembers(self),
-        # which getattr()s each of ~250 names: ~0.1 ms on every connection. While it does, dir() lists
-        # only the names those tables keep (the same tables: tests/test_hotpath.py compares them).
-        self._building_tables = True
+                 metrics: Metrics | None = None, **kwargs: Any) -> None:
         super().__init__(handler, data_size_limit=None, **kwargs)
-        self._building_tables = False
+        self._metrics = metrics if metrics is not None else Metrics()
         self._max_size = max_size
         self._connections = connections
         self._drain = drain if drain is not None else Drain()
         self._counted_ip: str | None = None  # set while this connection holds a slot
         self._refused = False
 
-    def __dir__(self) -> Iterable[str]:
-        if not self.__dict__.get("_building_tables"):
-            return super().__dir__()
-        cls = type(self)
-        if "_table_names" not in cls.__dict__:  # listed once per class (a subclass may add commands)
-            cls._table_names = tuple(name for name in dir(cls) if name.startswith(("smtp_", "auth_")))
-        return cls._table_names
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ip = client_ip(transport.get_extra_info("peername"))
-        if self._original_transport is None:  # the first call; aiosmtpd calls again after STARTTLS
+        if self.plain_transport is None:  # the first call; aiosmtpd calls again after STARTTLS
             if self._drain.reply is not None:  # accepted just before the listener closed
                 self._refuse(transport, self._drain.reply)
                 return
@@ -129,15 +119,17 @@ class RelaySMTP(SMTP):
                 self._refuse(transport, TOO_MANY_CONNECTIONS)
                 return
             self._counted_ip = ip
+            self._metrics.sessions_open.inc()
             self._drain.opened(self)
         super().connection_made(transport)
         # RFC 4954 4: no AUTH in the clear, except on loopback where nothing crosses a wire.
-        self._auth_require_tls = not is_loopback(ip)
+        self.require_tls_for_auth(not is_loopback(ip))
 
     def _refuse(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
         """RFC 5321 3.8: 421 in place of the greeting, then close; no session, no handler task."""
         self._refused = True
         assert isinstance(transport, asyncio.WriteTransport)
+        self._metrics.reply(reply.code)
         transport.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # flushes the 421 first; no data is read from here on
 
@@ -147,10 +139,11 @@ class RelaySMTP(SMTP):
         if self._counted_ip is not None:  # aiosmtpd may call this twice (a failed STARTTLS)
             self._connections.release(self._counted_ip)
             self._counted_ip = None
+            self._metrics.sessions_open.dec()
         self._drain.closed(self)
         super().connection_lost(error)
 
-    def _timeout_cb(self) -> None:
+    def on_session_timeout(self) -> None:
         """aiosmtpd's session timeout: it only closes; we first say why (RFC 5321 4.5.3.2)."""
         self.end(IDLE_TIMEOUT)
 
@@ -160,12 +153,13 @@ class RelaySMTP(SMTP):
         if transport is None:
             return
         # Not while a TLS handshake owns the socket: plaintext there would only corrupt it.
-        if (isinstance(transport, asyncio.WriteTransport) and transport is not self._original_transport
+        if (isinstance(transport, asyncio.WriteTransport) and transport is not self.plain_transport
                 and not transport.is_closing()):
+            self._metrics.reply(reply.code)
             transport.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # as aiosmtpd does: connection_lost() then ends the handler and the slot
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+    def split_path(self, arg: str) -> tuple[str | None, str | None]:
         """The path between `<` and `>` as the client sent it (policy checks it); `<>` stays `<>`."""
         text = arg.lstrip()
         if not text.startswith("<"):
@@ -182,6 +176,13 @@ class RelaySMTP(SMTP):
             elif char == ">" and not quoted:
                 return text[1:index] or "<>", text[index + 1:].strip()
         return None, None
+
+    async def push(self, status: Any) -> None:
+        """Every reply line; the last line of each reply is counted by class (relay_replies_total)."""
+        head = status[:4] if isinstance(status, str) else bytes(status[:4]).decode("ascii", "replace")
+        if head[:3].isdigit() and head[3:4] != "-":
+            self._metrics.reply(int(head[:3]))
+        await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -207,16 +208,19 @@ class RelaySMTP(SMTP):
         assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await read_data(self._reader, max_size=self._max_size)
+            content = await read_data(self.reader, max_size=self._max_size)
         except asyncio.IncompleteReadError:
             return  # the client is gone mid-DATA: nothing was handed on (R4)
         except ReplyError as exc:
-            self.envelope = self._create_envelope()  # what aiosmtpd's _set_post_data_state does
+            self.envelope = self.new_envelope()  # what aiosmtpd's _set_post_data_state does
             await self.push(str(exc.reply))
             return
+        # R5: the upload had the session timeout to itself (a slow 35 MB one may use most of it); signing
+        # and upstream get a fresh one, well within the client's 10 minutes for the reply (RFC 5321 4.5.3.2.6).
+        self.reset_session_timer()
         self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()
+        status = await self.call_hook("DATA")
+        self.envelope = self.new_envelope()
         await self.push(status)
 
 
@@ -239,6 +243,14 @@ class Hooks:
         self._pipeline = pipeline
         self._auth = Authenticator()
         self._rdns = rdns
+
+    def configure(self, settings: Settings) -> None:
+        """Settings changed live (SIGHUP, relay.reload): the next command uses them."""
+        self._settings = settings
+
+    def close(self) -> None:
+        """Stop the AUTH threads."""
+        self._auth.close()
 
     @_signature_once
     async def handle_EHLO(
@@ -286,18 +298,30 @@ class Hooks:
         if not auth_allowed(ip, tls=server.session.ssl is not None):
             return AuthResult(success=False, handled=False, message="538 5.7.11 Encryption required for AUTH")
         try:
+            self._auth.admit(ip)  # an address held back after failed AUTHs: nothing looked up or hashed
             name, secret = login.decode("utf-8"), password.decode("utf-8")
+            if name not in self._directory.current.clients:
+                # Perhaps added a moment ago: look now rather than at the next poll, so a service whose
+                # credentials were just issued logs in at once (a cheap look; a rebuild only on a change).
+                await self._directory.poll()
+            client = await self._auth.authenticate(self._directory.current.clients, name, secret, ip=ip)
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False)
-        if name not in self._directory.current.clients:
-            # Perhaps added a moment ago: look now rather than at the next poll, so a service whose
-            # credentials were just issued logs in at once (a cheap look; a rebuild only on a change).
-            await self._directory.poll()
-        client = await self._auth.authenticate(self._directory.current.clients, name, secret)
+        except ReplyError as exc:  # 454 4.7.0, or 421 4.7.0 for a client that keeps going (relay.auththrottle)
+            return await self._refuse_auth(server, exc.reply)
         if client is None:
             log.warning("auth failed: ip=%s user=%r", ip, name[:64])  # the user name, never the secret
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=client.name)
+
+    async def _refuse_auth(self, server: SMTP, reply: Reply) -> AuthResult:
+        """A 4xx aiosmtpd sends; a 421 is sent here and the connection closed (RFC 5321 3.8)."""
+        if reply.code != 421:
+            return AuthResult(success=False, handled=False, message=str(reply))
+        await server.push(str(reply))
+        assert server.transport is not None
+        server.transport.close()
+        return AuthResult(success=False, handled=True)
 
     def _client_name(self, session: Session) -> str:
         client = session_client(
@@ -378,6 +402,14 @@ UNWIND_TIMEOUT = 5.0
 
 
 @dataclass
+class NewSessions:
+    """What the next sessions are made with; replaced by `RunningRelay.configure` (SIGHUP)."""
+
+    settings: Settings
+    tls: ssl.SSLContext | None
+
+
+@dataclass
 class RunningRelay:
     """A relay serving in this event loop; `stop()` ends it politely, `close()` at once."""
 
@@ -391,6 +423,23 @@ class RunningRelay:
     rdns: ReverseDns
     drain: Drain
     hostname: str
+    hooks: Hooks | None = None
+    new_sessions: NewSessions | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # this process's (relay.metrics)
+    own_upstream: bool = True  # made from the settings (not handed in), so made again when they change
+
+    def configure(self, settings: Settings) -> None:
+        """Apply settings that can change live (relay.reload decides which): new sessions (timeout, size,
+        TLS certificate), connection limits, AUTH/MAIL/RCPT checks, and the pipeline (upstream, tenant
+        gate, platform sender). Sessions and transactions under way keep what they started with."""
+        tls = tls_context(settings)  # first: a certificate that does not load raises and changes nothing
+        self.hostname = settings.hostname
+        if self.new_sessions is not None:
+            self.new_sessions.settings, self.new_sessions.tls = settings, tls
+        if self.hooks is not None:
+            self.hooks.configure(settings)
+        self.connections.set_limits(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
+        self.pipeline.configure(settings, upstream=make_upstream(settings) if self.own_upstream else None)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -427,28 +476,33 @@ class RunningRelay:
         await self.server.wait_closed()
         self.pipeline.close()
         self.rdns.close()
+        if self.hooks is not None:
+            self.hooks.close()
         await self.revalidator.stop()
         self.directory.close()
 
 
 async def start_relay(
     settings: Settings, store: Store | None, *, sock: socket.socket | None = None, upstream: Upstream | None = None,
-    revalidate_tick: float | None = None,
+    revalidate_tick: float | None = None, metrics: Metrics | None = None,
 ) -> RunningRelay:
     """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`.
 
     With `store=None` the relay opens RELAY_DATABASE itself, never creating it: while it does not exist
     the relay serves no client and its reloader keeps looking for it. The revalidator always opens its
-    own connection to RELAY_DATABASE; `revalidate_tick` overrides its tick (tests).
+    own connection to RELAY_DATABASE; `revalidate_tick` overrides its tick (tests). Everything counts
+    into `metrics` (a fresh `Metrics` by default).
     """
     quiet_aiosmtpd_log()
-    directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
-                          opener=lambda: open_store(settings, create=False))
+    metrics = metrics if metrics is not None else Metrics()
+    directory = MeteredDirectory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
+                                 opener=lambda: open_store(settings, create=False), metrics=metrics)
     await asyncio.to_thread(directory.load)
-    pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings))
+    pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings),
+                        metrics=metrics)
     rdns = ReverseDns()
     hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline, rdns=rdns)
-    context = tls_context(settings)
+    new = NewSessions(settings=settings, tls=tls_context(settings))
     sessions: weakref.WeakSet[RelaySMTP] = weakref.WeakSet()
     connections = ConnectionCounter(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
     drain = Drain()
@@ -456,13 +510,14 @@ async def start_relay(
     def factory() -> RelaySMTP:
         protocol = RelaySMTP(
             hooks,
-            max_size=settings.max_message_size,
+            max_size=new.settings.max_message_size,
             connections=connections,
             drain=drain,
-            hostname=settings.hostname,
+            metrics=metrics,
+            hostname=new.settings.hostname,
             ident="ESMTP accounton-relay",
-            tls_context=context,
-            timeout=settings.session_timeout,
+            tls_context=new.tls,
+            timeout=new.settings.session_timeout,
             auth_require_tls=True,  # relaxed per connection for loopback in connection_made
             command_call_limit=CALL_LIMITS,
         )
@@ -477,8 +532,9 @@ async def start_relay(
     reloader = asyncio.create_task(directory.reload_forever())
     # Its own store connection: the directory's reads never wait behind a check's writes.
     revalidator = Revalidator(settings, opener=lambda: open_store(settings, create=False),
-                              tick=revalidate_tick, changed=directory.poll)
+                              tick=revalidate_tick, changed=directory.poll, metrics=metrics)
     revalidator.start()
     return RunningRelay(server=server, directory=directory, reloader=reloader, revalidator=revalidator,
                         sessions=sessions, connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
-                        hostname=settings.hostname)
+                        hostname=settings.hostname, hooks=hooks, new_sessions=new, metrics=metrics,
+                        own_upstream=upstream is None)

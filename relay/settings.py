@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 ENV_PREFIX = "RELAY_"
+# A file of RELAY_* lines (dotenv syntax) read at start and again on SIGHUP, so that a running relay can
+# pick up a changed setting (relay.reload); a variable also set in the environment wins over the file.
+ENV_FILE_VARIABLE = "RELAY_ENV_FILE"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # RELAY_DATABASE URLs for the PostgreSQL backend
 
 
@@ -147,6 +150,25 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
+def _postgres_url(value: str) -> str:
+    """A PostgreSQL URL as libpq parses it (several hosts allowed, for failover); never echoes its password."""
+    from psycopg import ProgrammingError  # only a PostgreSQL setting loads the driver
+    from psycopg.conninfo import conninfo_to_dict
+
+    password = urlsplit(value).password
+    try:
+        params = conninfo_to_dict(value)
+    except ProgrammingError as exc:
+        reason = " ".join(str(exc).split())
+        if password:
+            reason = reason.replace(password, "***")
+        raise ValueError(f"{_redact(value)!r} is not a PostgreSQL URL: {reason}") from None
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ValueError(f"{_redact(value)!r}: port {port!r} must be a number from 1 to 65535")
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting of both the relay and the admin CLI. Environment prefix `RELAY_`."""
 
@@ -238,10 +260,30 @@ class Settings(BaseSettings):
         description="also sign with an Ed25519 key (RFC 8463), published under its own selector",
     )
 
+    # Operations (SPEC.md "Operations"; relay.metrics, relay.logs).
+    metrics_listen: Annotated[HostPort | None, NoDecode] = Field(
+        default=None, description="host:port of GET /metrics, /healthz and /readyz; unset: no metrics server",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one line per record; json: one JSON object per line",
+    )
+
     @field_validator("listen", "admin_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _metrics_listen(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_host_port(value) if value.strip() else None
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("upstream", mode="before")
     @classmethod
@@ -264,12 +306,8 @@ class Settings(BaseSettings):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
-        if value.startswith(POSTGRES_SCHEMES):  # libpq reads the rest (relay/store_pg.py)
-            try:
-                urlsplit(value).port
-            except ValueError:
-                raise ValueError(f"{_redact(value)!r} has an invalid port") from None
-            return value
+        if value.startswith(POSTGRES_SCHEMES):  # relay/store_pg.py
+            return _postgres_url(value)
         if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
             raise ValueError(f"{_redact(value)!r}: use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         return value
@@ -354,9 +392,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment (plus CLI overrides); any problem becomes one `SettingsError` line."""
+    """Read the environment, then RELAY_ENV_FILE if set (plus CLI overrides); any problem becomes one
+    `SettingsError` line."""
+    env_file = os.environ.get(ENV_FILE_VARIABLE, "").strip() or None
+    if env_file is not None and not (os.path.isfile(env_file) and os.access(env_file, os.R_OK)):
+        raise SettingsError(f"{ENV_FILE_VARIABLE}: {env_file} is not a readable file")
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    values["_env_file"] = env_file  # pydantic-settings: the file's lines, under the environment's
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""

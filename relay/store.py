@@ -1,7 +1,8 @@
 """The store: one data-access interface (`Store`) and its SQLite backend, with a versioned schema.
 
-Both the admin CLI and the relay read and write only through `Store`; a PostgreSQL backend will
-implement the same methods. Every write of what the relay serves (tenants, keys, clients) bumps
+Both the admin CLI and the relay read and write only through `Store`; the PostgreSQL backend
+(relay/store_pg.py) implements the same methods, and mirrors each of `MIGRATIONS` in its `PG_MIGRATIONS`
+(add a migration to both lists). Every write of what the relay serves (tenants, keys, clients) bumps
 `generation()`, which running relays poll to pick up admin changes without a restart; audit rows,
 checks, leases, notifications, users and tokens do not. Writes grouped in `transaction()` are all-or-nothing.
 """
@@ -134,7 +135,8 @@ class Store(Protocol):
 
 
 # Each entry moves the schema one version up; applied in order inside one transaction.
-# Never edit a released migration: add the next one.
+# Never edit a released migration: add the next one, here and (in PostgreSQL's dialect) in
+# relay/store_pg.py's PG_MIGRATIONS; tests/test_store_pg.py checks both give the same tables and columns.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);

@@ -208,9 +208,10 @@ class PostgresStore:
 
     def __init__(self, url: str, *, create: bool = True, timeouts: Timeouts = Timeouts(),
                  max_connections: int = 5) -> None:
-        self.url = url
+        self._url = url  # with its password: only libpq and the redaction see it
         self.location = redact(url)
         self._timeouts = timeouts
+        self._max_connections = max_connections
         self._params = _connect_params(url, timeouts)
         self._local = _Local()
         self._listener: Conn | None = None
@@ -229,10 +230,11 @@ class PostgresStore:
     # errors: the backend's one boundary
 
     def _error(self, doing: str, exc: BaseException) -> StoreError:
-        if isinstance(exc, PoolTimeout):
-            why = f"no connection to the server within {self._timeouts.pool:g}s"
+        if isinstance(exc, PoolTimeout):  # its own text says nothing of why
+            why = (f"no connection within {self._timeouts.pool:g}s (the server cannot be reached, or all "
+                   f"{self._max_connections} connections are busy)")
         else:
-            why = _one_line(str(exc), self.url) or type(exc).__name__
+            why = _one_line(str(exc), self._url) or type(exc).__name__
         return StoreError(f"the store {self.location} {doing}: {why}")
 
     def _connect(self) -> Conn:
@@ -410,7 +412,11 @@ class PostgresStore:
                 if self._listener is None or self._listener.closed:
                     self._listener = self._connect()
                     self._listener.execute(f"LISTEN {CHANGE_CHANNEL}")
-                return any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1))
+                if not any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1)):
+                    return False
+                for _ in self._listener.notifies(timeout=0.0):  # the changes that came meanwhile: one wake-up
+                    pass
+                return True
             except psycopg.Error as exc:
                 if self._listener is not None:
                     self._listener.close()

@@ -25,13 +25,12 @@ class CliResult:
 
 
 @pytest.fixture
-def relay_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+def relay_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point every RELAY_* setting at a fresh temporary directory; returns that directory."""
-    pg = os.environ.get("XX_BACKEND") == "postgres"
     for name in list(os.environ):
-        if name.startswith("RELAY_") and name != "RELAY_TEST_REQUIRE_PEERS":
+        if name.startswith("RELAY_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("RELAY_DATABASE", request.getfixturevalue("pg_url") if pg else f"sqlite:///{tmp_path / 'relay.db'}")
+    monkeypatch.setenv("RELAY_DATABASE", f"sqlite:///{tmp_path / 'relay.db'}")
     monkeypatch.setenv("RELAY_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("RELAY_UPSTREAM", f"outbox:{tmp_path / 'outbox'}")
     monkeypatch.setenv("RELAY_RETURN_PATH_TARGET", "bounces.relay.test")

@@ -1,6 +1,6 @@
 """Real peers the tests talk to (NSD, LibreOffice, pdftotext), and what to do when one is missing.
 
-`make test` installs every peer and sets RELAY_TEST_REQUIRE_PEERS=1: there a missing peer is a broken
+`make test` installs every peer and sets ACCOUNTON_REQUIRE_PEERS=1: there a missing peer is a broken
 install and must fail the run, not hide behind a skip. A developer running plain `pytest` without
 the Debian packages gets a skip with the reason instead.
 """
@@ -29,7 +29,7 @@ def find_binary(name: str) -> str | None:
 
 
 def peers_required() -> bool:
-    return os.environ.get("RELAY_TEST_REQUIRE_PEERS", "") not in ("", "0")
+    return os.environ.get("ACCOUNTON_REQUIRE_PEERS", "") not in ("", "0")
 
 
 def require_binary(name: str, package: str) -> str:

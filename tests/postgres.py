@@ -5,7 +5,7 @@ DATABASE ... TEMPLATE template0` is fast), stopped and removed at the end. Nothi
 is already running. As root, `initdb` refuses to run, so the cluster then runs as the `postgres`
 system user (Debian's package creates it) in a directory that user owns.
 
-Missing binaries follow `tests.peers`: a failure under `make test` (RELAY_TEST_REQUIRE_PEERS=1), a
+Missing binaries follow `tests.peers`: a failure under `make test` (ACCOUNTON_REQUIRE_PEERS=1), a
 skip under a plain pytest.
 """
 
@@ -28,6 +28,11 @@ import pytest
 from tests.peers import peers_required
 
 SUPERUSER = "relay"  # the cluster's superuser, as created by initdb -U
+PREFIX = "relay-pg-"  # the clusters' directories, in the system's temporary directory
+OWNER_FILE = "owner.pid"  # the pid of the test run that started the cluster
+# Read at import (collection time): conftest's relay_env clears every RELAY_* variable, this one too,
+# for the test it sets up, and the session's cluster may well be started inside such a test.
+REQUIRED = peers_required()
 
 
 def find_bin_dir() -> Path | None:
@@ -46,7 +51,7 @@ def require_postgres() -> Path:
     if bin_dir is not None and (bin_dir / "pg_ctl").exists():
         return bin_dir
     reason = "PostgreSQL is not installed (Debian package postgresql; `make test` installs it as root)"
-    if peers_required():
+    if REQUIRED or peers_required():
         pytest.fail(f"required peer missing: {reason}", pytrace=False)
     pytest.skip(reason)
 
@@ -60,19 +65,21 @@ def free_port() -> int:
 class Cluster:
     """One running cluster on 127.0.0.1:`port`; `database()` hands out a fresh database's URL."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, root: Path | None = None) -> None:
         self.bin_dir = bin_dir
         self.as_postgres = os.geteuid() == 0
         # Not under pytest's tmp_path: its parents are 0700 root, out of reach for the postgres user.
-        self.root = Path(tempfile.mkdtemp(prefix="relay-pg-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix=PREFIX))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = 0
         self.started_in = 0.0  # seconds from initdb to accepting connections, for the record
         self._names = itertools.count(1)
-        if self.as_postgres:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.root, user.pw_uid, user.pw_gid)
+        if root is None:
+            (self.root / OWNER_FILE).write_text(str(os.getpid()))
+            if self.as_postgres:
+                user = pwd.getpwnam("postgres")
+                os.chown(self.root, user.pw_uid, user.pw_gid)
 
     def _run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         command = [*(["runuser", "-u", "postgres", "--"] if self.as_postgres else []), *args]
@@ -130,9 +137,35 @@ class Cluster:
         return self.url(name)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_clusters(bin_dir: Path) -> None:
+    """Stop and remove clusters whose test run is gone: a run killed by a signal skips its teardown."""
+    for root in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or still being set up
+        if _alive(owner):
+            continue
+        stale = Cluster(bin_dir, root)
+        if (stale.data / "postmaster.pid").exists() and stale.running():
+            stale.stop("immediate")
+        stale.remove()
+
+
 def start_cluster() -> Iterator[Cluster]:
     """The session fixture's body: init and start once, stop and remove at the end."""
     bin_dir = require_postgres()
+    remove_stale_clusters(bin_dir)
     began = time.monotonic()
     cluster = Cluster(bin_dir)
     try:

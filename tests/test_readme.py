@@ -83,6 +83,11 @@ def test_readme_has_the_walkthrough_blocks() -> None:
     blocks = readme_sh_blocks()
     joined = "\n".join(blocks)
     assert len(blocks) >= 5
+    text = README.read_text()
+    start = text.index("## The first hour")
+    end = text.index("\n## ", start + 1)
+    # Every sh block is a walkthrough step: an example elsewhere must be ```console or ```text.
+    assert all(start < match.start() < end for match in SH_BLOCK.finditer(text))
     for step in ("relay-admin user add", "relay-admin tenant set", "relay-admin export",
                  "nsd-checkzone", "relay-admin validate", "relay-admin client add", "smtplib"):
         assert step in joined, step

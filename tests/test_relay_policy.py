@@ -273,12 +273,19 @@ async def test_authenticator_caches_successes_and_notices_a_new_secret(monkeypat
 
     monkeypatch.setattr(policy, "verify_secret", counting)
     auth = Authenticator()
+    try:
+        await _cache_checks(auth, calls)
+    finally:
+        auth.close()
+
+
+async def _cache_checks(auth: Authenticator, calls: list[str]) -> None:
     clients = {"svc": Client("svc", hash_secret("s1"), False, ("acme",), (), NOW)}
-    assert await auth.authenticate(clients, "svc", "s1") == clients["svc"]
-    assert await auth.authenticate(clients, "svc", "s1") == clients["svc"]
+    assert await auth.authenticate(clients, "svc", "s1", ip="127.0.0.1") == clients["svc"]
+    assert await auth.authenticate(clients, "svc", "s1", ip="127.0.0.1") == clients["svc"]
     assert len(calls) == 1, "the second success came from the cache"
-    assert await auth.authenticate(clients, "svc", "wrong") is None
+    assert await auth.authenticate(clients, "svc", "wrong", ip="127.0.0.1") is None
     assert len(calls) == 2, "a different secret is checked with scrypt"
     clients = {"svc": Client("svc", hash_secret("s2"), False, ("acme",), (), NOW)}
-    assert await auth.authenticate(clients, "svc", "s1") is None, "the old secret no longer works"
-    assert await auth.authenticate(clients, "nobody", "s1") is None
+    assert await auth.authenticate(clients, "svc", "s1", ip="127.0.0.1") is None, "the old secret no longer works"
+    assert await auth.authenticate(clients, "nobody", "s1", ip="127.0.0.1") is None

@@ -244,14 +244,15 @@ def test_users_clients_and_tenants_round_trip(store: Store) -> None:
     assert store.get_user("nobody") is None
     assert store.set_password_hash("alice", "scrypt$new") and not store.set_password_hash("nobody", "x")
     assert (store.get_user("alice") or alice).password_hash == "scrypt$new"
-    store.add_client(client())
+    svc = client()
+    store.add_client(svc)
     store.add_client(Client(name="all", secret_hash="h", all_tenants=True, tenants=(), networks=(),
                             created_at=utcnow()))
-    assert store.get_client("svc") == client() and store.get_client("nobody") is None
+    assert store.get_client("svc") == svc and store.get_client("nobody") is None
     assert [c.name for c in store.list_clients()] == ["all", "svc"]
     generation = store.generation()
     assert store.set_client_secret("svc", "scrypt$y") and not store.set_client_secret("nobody", "z")
-    assert (store.get_client("svc") or client()).secret_hash == "scrypt$y"
+    assert (store.get_client("svc") or svc).secret_hash == "scrypt$y"
     assert store.generation() > generation  # a running relay must see the new hash
     store.save_tenant(tenant("beta"))
     assert [t.id for t in store.list_tenants()] == ["acme", "beta"] and store.get_tenant("nope") is None
@@ -362,11 +363,12 @@ def test_web_sessions_and_signin_failures(store: Store) -> None:
 def test_read_snapshot_is_what_the_relay_serves(store: Store) -> None:
     store.save_tenant(tenant())
     store.add_key(key("s1"))
-    store.add_client(client())
+    svc = client()
+    store.add_client(svc)
     snapshot = store.read_snapshot()
     assert snapshot.generation == store.generation()
     assert [t.id for t in snapshot.tenants] == ["acme"]
-    assert [k.selector for k in snapshot.keys] == ["s1"] and snapshot.clients == [client()]
+    assert [k.selector for k in snapshot.keys] == ["s1"] and snapshot.clients == [svc]
     with store.transaction():  # inside a write transaction it joins it, and sees its writes
         store.save_tenant(tenant("beta"))
         assert [t.id for t in store.read_snapshot().tenants] == ["acme", "beta"]

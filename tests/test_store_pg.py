@@ -88,14 +88,16 @@ def test_both_backends_have_the_same_schema_versions_and_columns(tmp_path: Path,
     db = sqlite3.connect(tmp_path / "relay.db")
     tables = [row[0] for row in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-    sqlite_columns = {t: {row[1] for row in db.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+    # (column, may be NULL); SQLite lets a non-integer primary key hold NULL, PostgreSQL never does
+    sqlite_columns = {t: {(row[1], not (row[3] or row[5])) for row in db.execute(f'PRAGMA table_info("{t}")')}
+                      for t in tables}
     db.close()
     PostgresStore(pg_url).close()
-    pg_columns: dict[str, set[str]] = {}
-    for table, column, *_ in dump_database(pg_url)["columns"]:
-        pg_columns.setdefault(str(table), set()).add(str(column))
-    assert pg_columns.pop("schema_version") == {"version"}  # SQLite keeps it in PRAGMA user_version
-    pg_columns["checks"].remove("id")  # SQLite's implicit rowid: the order checks were written
+    pg_columns: dict[str, set[tuple[str, bool]]] = {}
+    for table, column, _, nullable, _ in dump_database(pg_url)["columns"]:
+        pg_columns.setdefault(str(table), set()).add((str(column), nullable == "YES"))
+    assert pg_columns.pop("schema_version") == {("version", False)}  # SQLite: PRAGMA user_version
+    pg_columns["checks"].remove(("id", False))  # SQLite's implicit rowid: the order checks were written
     assert pg_columns == sqlite_columns
 
 
@@ -258,8 +260,12 @@ def test_wait_for_change_hears_served_writes_from_another_instance(stores: Calla
     assert relay.wait_for_change(5) is True
     assert time.monotonic() - started < 2
     timer.join()
+    admin.save_tenant(tenant("beta"))
+    admin.save_tenant(tenant("gamma"))
+    time.sleep(0.1)
+    assert relay.wait_for_change(1) is True and relay.wait_for_change(0.1) is False  # one wake-up for both
     with pytest.raises(RuntimeError), admin.transaction():  # a rolled-back change says nothing
-        admin.save_tenant(tenant("beta"))
+        admin.save_tenant(tenant("delta"))
         raise RuntimeError("changed my mind")
     assert relay.wait_for_change(0.2) is False
 
@@ -375,17 +381,27 @@ def test_wait_for_change_survives_a_restart(restart: Cluster, stores: Callable[.
 # --- settings and open_store ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["postgresql://relay@db.test/relay", "postgres://relay:pw@db.test:6543/relay",
-                                 "postgresql:///relay"])
+@pytest.mark.parametrize("url", [
+    "postgresql://relay@db.test/relay", "postgres://relay:pw@db.test:6543/relay", "postgresql:///relay",
+    "postgresql://relay@db1.test:5432,db2.test/relay?target_session_attrs=read-write",  # failover
+])
 def test_postgres_urls_are_accepted(relay_env: Path, url: str) -> None:
     settings = load_settings(database=url)
     assert settings.database == url
 
 
-def test_a_bad_postgres_url_is_named_without_its_password(relay_env: Path) -> None:
+@pytest.mark.parametrize(("url", "reason"), [
+    ("postgresql://relay:hunter22@db.test:99999/relay", "port '99999'"),
+    ("postgresql://relay:hunter22@db1.test:5432,db2.test:x/relay", "port 'x'"),
+    ("postgresql://relay:hunter22@db.test/relay?colour=blue", 'invalid URI query parameter: "colour"'),
+    ("postgresql://relay:hunter22%zz@db.test/relay", "invalid percent-encoded token"),
+])
+def test_a_bad_postgres_url_is_named_without_its_password(relay_env: Path, url: str, reason: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(database="postgresql://relay:hunter22@db.test:99999/relay")
-    assert "hunter22" not in str(caught.value) and "RELAY_DATABASE" in str(caught.value)
+        load_settings(database=url)
+    message = str(caught.value)
+    assert message.startswith("RELAY_DATABASE: 'postgresql://relay:***@db") and reason in message
+    assert "hunter22" not in message and "\n" not in message
 
 
 def test_redact_hides_every_form_of_password() -> None:

@@ -146,7 +146,8 @@ class AdminServer:
         if not self._ready.wait(30) or not self._first:
             self.stop()
             raise RuntimeError("relay-admin serve did not print its address:\n" + self.log)
-        self.url = self._first[0].strip().rstrip("/")
+        first = self._first[0].strip()  # the address, or with RELAY_LOG_FORMAT=json an object holding it
+        self.url = str(json.loads(first)["url"] if first.startswith("{") else first).rstrip("/")
 
     def _read(self, stream: Any, stdout: bool) -> None:
         for line in stream:

@@ -5,6 +5,11 @@ RELAY_ADMIN_TLS_KEY are set. The socket is bound here, before uvicorn starts, so
 and the first line on stdout is the address actually bound (`http://127.0.0.1:8025/`): a script or
 test reads it. Everything else (uvicorn's log, the access log) goes to stderr. No acting user: people
 sign in on the page, programs with a token.
+
+RELAY_LOG_FORMAT=json (relay.logs) makes every line it writes a JSON object: the address line
+(`{"message": "http://...", "url": "http://..."}`), uvicorn's log, the access log (with `client`,
+`method`, `path` and `status` as keys) and the application's own records. In text, control characters a
+client put in a path are escaped.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from admin.context import EXIT_OK, Context, UsageError
 from admin.web.app import create_app
+from relay import logs
 from relay.settings import HostPort, parse_host_port
 
 
@@ -69,12 +75,32 @@ class PathOnly(logging.Filter):
         return True
 
 
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with the access log on stderr too (stdout carries the address only)."""
+class AccessFields(logging.Filter):
+    """An access-log record's parts as keys of its JSON object (relay.logs.fields)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            setattr(record, logs.FIELDS, {"event": "http", "client": args[0], "method": args[1], "path": args[2],
+                                          "status": args[4]})
+        return True
+
+
+def _log_config(log_format: logs.LogFormat = "text") -> dict[str, Any]:
+    """uvicorn's logging, with the access log on stderr too (stdout carries the address only), in
+    RELAY_LOG_FORMAT: uvicorn's own formatters (arguments escaped) for text, relay.logs' for JSON."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["path_only"] = {"()": f"{__name__}.PathOnly"}
+    filters = config.setdefault("filters", {})
+    filters["path_only"] = {"()": f"{__name__}.PathOnly"}
+    filters["escape"] = {"()": "relay.logs.EscapeArguments"}
+    filters["access_fields"] = {"()": f"{__name__}.AccessFields"}
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
-    config["handlers"]["access"]["filters"] = ["path_only"]
+    if log_format == "json":
+        config["formatters"] = {name: {"()": "relay.logs.JsonFormatter"} for name in ("default", "access")}
+        config["handlers"]["access"]["filters"] = ["path_only", "access_fields"]
+    else:
+        config["handlers"]["access"]["filters"] = ["path_only", "escape"]
+        config["handlers"]["default"]["filters"] = ["escape"]
     return config
 
 
@@ -92,13 +118,19 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     sock = bind(address, field)
     app = create_app(settings, ctx.store)
     config = uvicorn.Config(
-        app, log_config=_log_config(), proxy_headers=True, server_header=False,
+        app, log_config=_log_config(settings.log_format), proxy_headers=True, server_header=False,
         ssl_certfile=str(settings.admin_tls_cert) if https else None,
         ssl_keyfile=str(settings.admin_tls_key) if settings.admin_tls_key else None,
         lifespan="off",
     )
-    ctx.out.write(url(sock, https) + "\n")
-    ctx.out.flush()
+    # After uvicorn's dictConfig: the application's own records (relay.admin.web, ...) on stderr too.
+    logs.configure(settings.log_format)
+    where = url(sock, https)
+    if settings.log_format == "json":
+        logs.line(where, log_format="json", stream=ctx.out, logger="relay.admin.serve", url=where)
+    else:
+        ctx.out.write(where + "\n")
+        ctx.out.flush()
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
