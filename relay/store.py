@@ -10,6 +10,7 @@ checks, leases, notifications, users and tokens do not. Writes grouped in `trans
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -229,6 +230,10 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # The store holds secret hashes, sessions and tokens: readable by its owner only.
+                # SQLite gives the -wal and -shm files the same mode as the database file.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=10.0, check_same_thread=False
             )

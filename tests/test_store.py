@@ -372,3 +372,16 @@ def test_read_snapshot_is_what_the_relay_serves(store: Store) -> None:
     with store.transaction():  # inside a write transaction it joins it, and sees its writes
         store.save_tenant(tenant("beta"))
         assert [t.id for t in store.read_snapshot().tenants] == ["acme", "beta"]
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Client secret hashes, web sessions and token hashes are in it: 0600, WAL files alike."""
+    from relay.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "var" / "relay.db")
+    try:
+        store.add_audit(AuditEntry(time=utcnow(), actor="t", action="x", tenant=None, outcome="done"))
+        for name in ("relay.db", "relay.db-wal"):
+            assert (tmp_path / "var" / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        store.close()
