@@ -204,6 +204,17 @@ def sender_from_input(ctx: Context, tenant_id: str, raw: SenderInput) -> Sender:
     return Sender(name=name, email=address, domain=domain, return_path_label=label)
 
 
+def sender_warnings(sender: Sender) -> list[str]:
+    """What `tenant set` accepts but says plainly: an address below the domain is signed d=<domain>,
+    which strict DKIM alignment (adkim=s) at the From domain's DMARC policy rejects (issue 11)."""
+    host = sender.email.rpartition("@")[2]
+    if host == sender.domain:
+        return []
+    return [f"{sender.email} is below {sender.domain}: DKIM will sign d={sender.domain}, so a DMARC"
+            f" policy with adkim=s (strict alignment) for {host} would fail DMARC for this address;"
+            f" use an address at {sender.domain}, or --domain {host}, to avoid that"]
+
+
 def sender_problems(raw: SenderInput) -> list[UsageError]:
     """Each of the three fields checked on its own, so a form can show every wrong field at once
     (`set_sender` stops at the first, as the CLI does, and also checks the fields together)."""

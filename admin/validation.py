@@ -132,7 +132,7 @@ def questions_for(record: DnsRecord, sender: Sender) -> list[Question]:
         return dkim.questions(record, sender)
     if record.purpose == "return-path":
         return return_path.questions(record)
-    return dmarc.questions(record)
+    return dmarc.questions(record, sender)
 
 
 def judge(record: DnsRecord, sender: Sender, findings: Findings) -> Outcome:

@@ -98,6 +98,9 @@ def set_command(ctx: Context, args: argparse.Namespace) -> int:
     data = services.tenant_view(ctx, change.tenant)
     data["key_issued"] = change.key_issued
     data["key_file"] = str(key_file)
+    data["warnings"] = services.sender_warnings(change.tenant.sender)
+    for warning in data["warnings"]:  # stderr: accepted, not an error; stdout stays the result
+        ctx.notice(f"warning: {warning}")
     ctx.emit(data, _summary(change, key_file) + "\n\n" + tenant_text(data))
     return EXIT_OK
 

@@ -112,7 +112,8 @@ def _put_tenant(ctx: Context, tenant: str, body: bytes) -> JSONResponse:
         services.may_set_sender(ctx, tenant)  # 404, 403: before the body is even looked at
         raw = sender_body(body)
         change = services.set_sender(ctx, tenant, raw)
-        data = services.tenant_view(ctx, change.tenant) | {"key_issued": change.key_issued}
+        data = services.tenant_view(ctx, change.tenant) | {
+            "key_issued": change.key_issued, "warnings": services.sender_warnings(change.tenant.sender)}
     if change.created:
         return JSONResponse(data, status_code=201, headers={"Location": f"/api/v1/tenants/{change.tenant.id}"})
     return JSONResponse(data)

@@ -75,6 +75,8 @@ class TenantOut(BaseModel):
     keys: list[KeyOut] | None = None
     checks: list[CheckOut] | None = None
     key_issued: bool | None = Field(default=None, description="PUT only: a new DKIM key was issued")
+    warnings: list[str] | None = Field(default=None, description="PUT only: accepted, but said plainly"
+                                       " (e.g. an address DMARC may not align)")
 
 
 class RecordOut(BaseModel):
