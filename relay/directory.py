@@ -2,10 +2,17 @@
 
 A background task polls `store.generation()` every `reload_interval` and swaps in a new snapshot, so
 admin changes (validation, names, clients, keys) reach a running relay within seconds; a login with a
-client name not yet known looks at once. Each snapshot is read in one read transaction
-(`Store.read_snapshot`), never torn across a change committed while it is read. A reload is logged
-only when what the relay serves changed (`changes`): an audit row or a new user also moves the
-generation, and says nothing.
+client name not yet known looks at once. A store that announces changes (`ChangeFeed`: PostgreSQL's
+LISTEN/NOTIFY) is waited on instead of slept on: a change is read as soon as it commits, and the wait
+ends after `reload_interval` regardless, so polling stays the fallback (key files, a lost notification).
+
+The store may become unreachable mid-run (server gone, failover): the relay keeps serving from the last
+snapshot in memory, logs one line when the outage starts and one when the store answers again, and
+`failing` tells a login not to wait for a store that is known to be down.
+
+Each snapshot is read in one read transaction (`Store.read_snapshot`), never torn across a change
+committed while it is read. A reload is logged only when what the relay serves changed (`changes`): an
+audit row or a new user also moves the generation, and says nothing.
 
 The store may not exist yet (a fresh install): the directory then serves nothing and tries to open it
 at every poll, never creating it (`relay-admin user add` does).
@@ -26,6 +33,7 @@ import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from relay.dkimkeys import KeyFileError, key_file_path, load_private_key
 from relay.models import Client, DkimKey, KeyState, Tenant
@@ -35,7 +43,15 @@ from relay.store import Store, StoreMissing
 
 log = logging.getLogger("relay.directory")
 
+WAIT_SLICE = 1.0  # seconds one wait for a change notification may block its thread (and so a shutdown)
 KeyStamp = tuple[str, str, str, int, int, int]  # tenant, selector, domain, inode, mtime_ns, ctime_ns
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A store that can tell when `generation()` moved (relay.store_pg.PostgresStore)."""
+
+    def wait_for_change(self, timeout: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -214,22 +230,48 @@ class Directory:
         self.current = await asyncio.to_thread(self._build, previous)
         return (["store opened"] if opened else []) + changes(previous, self.current)
 
+    @property
+    def failing(self) -> bool:
+        """The store could not be read at the last look (the relay serves from memory meanwhile)."""
+        return bool(self._last_error)
+
+    def _failed(self, exc: Exception) -> None:
+        """Note a store error: one line when an outage begins, not one per look."""
+        if not self._last_error:
+            log.error("store unreachable, serving from the last snapshot until it answers again: %s", exc)
+        self._last_error = str(exc) or type(exc).__name__
+
     async def poll(self) -> None:
-        """Look at the store once: log what changed, or keep the last good snapshot and say why (once per error)."""
+        """Look at the store once: log what changed, or keep the last good snapshot (one line per outage)."""
         async with self._polling:  # one look at a time: the loop's and a login's never log the same change twice
             try:
                 changed = await self.reload()
             except Exception as exc:  # keep serving with what we have; the store may come back
-                if str(exc) != self._last_error:
-                    log.error("directory reload failed, keeping the last snapshot: %s", exc)
-                self._last_error = str(exc)
+                self._failed(exc)
                 return
+            if self._last_error:
+                log.info("store answers again")
             self._last_error = ""
             if changed:
                 log.info("directory reloaded: %s", ", ".join(changed))
 
+    async def _wait(self) -> None:
+        """Until the store announces a change, or `reload_interval` at most (a sleep, for a store that cannot)."""
+        store = self._store
+        if isinstance(store, ChangeFeed) and not self.failing:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._interval
+            try:  # in a thread, WAIT_SLICE at a time: a relay shutting down waits at most that long for it
+                while (left := deadline - loop.time()) > 0:
+                    if await asyncio.to_thread(store.wait_for_change, min(left, WAIT_SLICE)):
+                        return
+                return
+            except Exception:  # the listening connection broke: look now, the poll says whether the store is down
+                await self.poll()
+        await asyncio.sleep(self._interval)
+
     async def reload_forever(self) -> None:
-        """Poll for changes every `reload_interval` seconds."""
+        """Look for changes whenever the store announces one, and every `reload_interval` seconds."""
         while True:
-            await asyncio.sleep(self._interval)
+            await self._wait()
             await self.poll()

@@ -54,6 +54,8 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Temporary authentication failure: too many failed attempts, try later")
 AUTH_THROTTLED_CLOSE = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
 AUTH_BUSY = Reply(454, "4.7.0", "Temporary authentication failure: too many checks under way, try again")
+# A name not in the relay's snapshot while the store cannot be read: perhaps a client added meanwhile.
+AUTH_STORE_DOWN = Reply(454, "4.7.0", "Temporary authentication failure: client list unavailable, try again")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
 # Addresses and the tenant (relay.policy)

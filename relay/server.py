@@ -45,6 +45,7 @@ from relay.revalidator import Revalidator
 from relay.policy import (Authenticator, auth_allowed, check_mail_from, check_recipient, client_ip, is_loopback,
                           session_client)
 from relay.replies import (
+    AUTH_STORE_DOWN,
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
     TOO_BIG,
@@ -64,6 +65,7 @@ log = logging.getLogger("relay.server")
 # RFC 4954 4 / aiosmtpd's default: AUTH tries per session. Other commands are bounded by the
 # session timeout and aiosmtpd's bogus-command budget, not by a count.
 CALL_LIMITS = {"AUTH": 3, "NOOP": 1000, "*": 1_000_000}
+LOOKUP_TIMEOUT = 2.0  # a login's look at the store for a client name not yet known
 
 
 class _DropLoginDataWarning(logging.Filter):
@@ -303,7 +305,7 @@ class Hooks:
             if name not in self._directory.current.clients:
                 # Perhaps added a moment ago: look now rather than at the next poll, so a service whose
                 # credentials were just issued logs in at once (a cheap look; a rebuild only on a change).
-                await self._directory.poll()
+                await self._look_for_new_client()
             client = await self._auth.authenticate(self._directory.current.clients, name, secret, ip=ip)
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False)
@@ -313,6 +315,17 @@ class Hooks:
             log.warning("auth failed: ip=%s user=%r", ip, name[:64])  # the user name, never the secret
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=client.name)
+
+    async def _look_for_new_client(self) -> None:
+        """Read the store once for a name the snapshot lacks; 454 4.7.0, not 535, when the store cannot
+        say (known down, or no answer within LOOKUP_TIMEOUT: the look goes on in the background)."""
+        if not self._directory.failing:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._directory.poll()), LOOKUP_TIMEOUT)
+            except TimeoutError:
+                raise ReplyError(AUTH_STORE_DOWN) from None
+        if self._directory.failing:
+            raise ReplyError(AUTH_STORE_DOWN)
 
     async def _refuse_auth(self, server: SMTP, reply: Reply) -> AuthResult:
         """A 4xx aiosmtpd sends; a 421 is sent here and the connection closed (RFC 5321 3.8)."""
