@@ -4,7 +4,8 @@ Every run is bounded in time and count, on loopback only, and stops what it star
 round, the peer (Postfix with and without the OpenDKIM milter, through the shared `postfix_bench.sh`),
 our relay with each RELAY_WORKERS value, and the load tools' own ceiling run back to back, so the
 VM's drift hits all of them alike. Knobs (environment): MESSAGES SESSIONS SIZES REPEATS WORKERS,
-PEER_MODES ("nomilter milter"), TIMEOUT (per run, s), SHARED_BENCH (dir of the shared scripts,
+PEER_MODES ("nomilter milter"), STORES ("sqlite postgresql": the relay's store, PostgreSQL on a
+throwaway cluster), EXTRAS ("latency idle big": issue 11's figures after the table), TIMEOUT (per run, s), SHARED_BENCH (dir of the shared scripts,
 default ../shared/bench from the repo root), RESULTS (the JSON lines file to write).
 """
 
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `python bench/run.py` from anywhere finds relay/
+sys.path.insert(0, str(REPO / "bench"))  # and bench/pgcluster.py, bench/extras.py
 
 from relay.models import TenantStatus  # noqa: E402
 from relay.store import SqliteStore, utcnow  # noqa: E402
@@ -55,6 +57,8 @@ class Knobs:
     repeats: int
     workers: tuple[int, ...]
     peer_modes: tuple[str, ...]
+    stores: tuple[str, ...]
+    extras: tuple[str, ...]
     timeout: float
     shared: Path
     results: Path
@@ -77,6 +81,12 @@ def read_knobs() -> Knobs:
     modes = tuple(os.environ.get("PEER_MODES", "nomilter milter").split())
     if not set(modes) <= {"nomilter", "milter"}:
         raise BenchError(f"PEER_MODES: {' '.join(modes)!r}: use nomilter and/or milter")
+    stores = tuple(os.environ.get("STORES", "sqlite postgresql").split())
+    if not stores or not set(stores) <= {"sqlite", "postgresql"}:
+        raise BenchError(f"STORES: {' '.join(stores)!r}: use sqlite and/or postgresql")
+    extras = tuple(os.environ.get("EXTRAS", "latency idle big").split())
+    if not set(extras) <= {"latency", "idle", "big"}:
+        raise BenchError(f"EXTRAS: {' '.join(extras)!r}: use latency, idle and/or big (or empty)")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     results = Path(os.environ.get("RESULTS", REPO / "bench" / "results" / f"{stamp}.jsonl"))
     return Knobs(
@@ -86,6 +96,8 @@ def read_knobs() -> Knobs:
         repeats=_ints("REPEATS", "3", 1, 100)[0],
         workers=_ints("WORKERS", "1 2", 1, 64),
         peer_modes=modes,
+        stores=stores,
+        extras=extras,
         timeout=float(_ints("TIMEOUT", "300", 1, 3600)[0]),
         shared=shared,
         results=results,
@@ -115,10 +127,10 @@ def free_port() -> int:
 # ---------------------------------------------------------------- our relay's environment
 
 
-def relay_env(home: Path) -> dict[str, str]:
+def relay_env(home: Path, database: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update(
-        RELAY_DATABASE=f"sqlite:///{home / 'relay.db'}",
+        RELAY_DATABASE=database or f"sqlite:///{home / 'relay.db'}",
         RELAY_KEYS_DIR=str(home / "keys"),
         RELAY_HOSTNAME="relay.bench.test",
         RELAY_ADMIN_USER="bench",
@@ -133,15 +145,24 @@ def admin(env: dict[str, str], *args: str) -> None:
         raise BenchError(f"relay-admin {' '.join(args[:2])} failed: {done.stderr.strip()}")
 
 
-def provision(home: Path) -> dict[str, str]:
-    """One verified tenant with an RSA-2048 key, and the load generator as a client by its network."""
-    env = relay_env(home)
+def provision(home: Path, database: str | None = None) -> dict[str, str]:
+    """One verified tenant with an RSA-2048 key, and the load generator as a client by its network.
+
+    `database`: a postgresql:// URL (an empty database) instead of SQLite at home/relay.db.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    env = relay_env(home, database)
     admin(env, "user", "add", "bench", "--role", "owner")
     admin(env, "tenant", "set", TENANT, "--name", "Example Accounting", "--email", f"billing@{DOMAIN}",
           "--domain", DOMAIN)
     admin(env, "client", "add", "loadgen", "--tenant", TENANT, "--network", "127.0.0.0/8")
     # No DNS here, so `validate` cannot pass: mark the tenant verified the way validate would.
-    store = SqliteStore(home / "relay.db")
+    if database:
+        from relay.store_pg import PostgresStore  # psycopg only when PostgreSQL is measured
+
+        store: Any = PostgresStore(database, create=False)
+    else:
+        store = SqliteStore(home / "relay.db")
     try:
         tenant = store.get_tenant(TENANT)
         if tenant is None:
@@ -164,14 +185,20 @@ def answers_smtp(port: int) -> bool:
 
 
 @contextmanager
-def running_relay(env: dict[str, str], *, workers: int, sink_port: int, log: Path) -> Iterator[int]:
-    """Our relay on a free port, forwarding to the sink; stopped (TERM, bounded wait, KILL) on exit."""
+def running_relay(env: dict[str, str], *, workers: int, sink_port: int, log: Path,
+                  extra: dict[str, str] | None = None, pids: list[int] | None = None) -> Iterator[int]:
+    """Our relay on a free port, forwarding to the sink; stopped (TERM, bounded wait, KILL) on exit.
+
+    `extra`: more RELAY_* settings; `pids` gets the supervisor's pid (its process group is the relay's).
+    """
     port = free_port()
     run_env = dict(env, RELAY_LISTEN=f"127.0.0.1:{port}", RELAY_UPSTREAM=f"smtp://127.0.0.1:{sink_port}",
-                   RELAY_WORKERS=str(workers))
+                   RELAY_WORKERS=str(workers), **(extra or {}))
     with open(log, "ab") as out:
         proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "relay")], env=run_env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not answers_smtp(port):
@@ -228,7 +255,8 @@ def loadrun(knobs: Knobs, label: str, *, target: int, sink: int, size: int, comm
     return dict(json.loads(lines[-1]))
 
 
-def our_run(knobs: Knobs, env: dict[str, str], home: Path, *, workers: int, size: int, rnd: int) -> dict[str, Any]:
+def our_run(knobs: Knobs, env: dict[str, str], home: Path, *, workers: int, size: int, rnd: int,
+            store: str = "sqlite") -> dict[str, Any]:
     sink = free_port()
     log = home / "relay.log"
     log.touch()
@@ -236,7 +264,8 @@ def our_run(knobs: Knobs, env: dict[str, str], home: Path, *, workers: int, size
         # Warm-up, not reported (as postfix_bench.sh does for Postfix): first sessions, key and imports.
         loadrun(knobs, "warmup", target=port, sink=sink, size=size, comms=OUR_COMMS, messages=200)
         offset = log.stat().st_size
-        record = loadrun(knobs, f"relay-w{workers}-l{size}-r{rnd}", target=port, sink=sink, size=size,
+        tag = "" if store == "sqlite" else "-pg"
+        record = loadrun(knobs, f"relay-w{workers}{tag}-l{size}-r{rnd}", target=port, sink=sink, size=size,
                          comms=f"{OUR_COMMS},smtp-sink,smtp-source")
     record["relay_log"] = outcomes(log, offset)
     return record
@@ -317,6 +346,8 @@ def table(records: list[dict[str, Any]], sizes: tuple[int, ...]) -> list[str]:
                       f"{statistics.median(cpu):.2f}" if cpu and setup != "direct" else "-",
                       f"{statistics.median(steal):.0f}" if steal else "-"]
         name = SETUP_NAMES.get(setup, setup.replace("relay-w", "accounton-relay, RELAY_WORKERS="))
+        if setup.startswith("relay-w"):
+            name = name.replace("-pg", ", PostgreSQL") if name.endswith("-pg") else name + ", SQLite"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "ours / peer (Postfix + OpenDKIM), per size: ratio of medians; paired by round, median (min-max)"]
     for setup in (s for s in setups if s.startswith("relay")):
@@ -369,7 +400,7 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def bench(knobs: Knobs, out: Any) -> list[dict[str, Any]]:
+def bench(knobs: Knobs, out: Any, extra_lines: list[str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
 
     def keep(record: dict[str, Any]) -> None:
@@ -382,21 +413,42 @@ def bench(knobs: Knobs, out: Any) -> list[dict[str, Any]]:
         print(f"bench: {record['label']}: {rate if rate else 'FAILED ' + str(record.get('error', ''))} msgs/s"
               f" (received {record.get('received', '?')}/{record.get('messages')}){extra}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, ExitStack() as stack:
         home = Path(tmp)
         env = provision(home)
+        # The same tenant and client in a PostgreSQL store, on a throwaway cluster (issue 10).
+        homes = {"sqlite": (home, env)}
+        if "postgresql" in knobs.stores:
+            from pgcluster import cluster  # bench/pgcluster.py
+
+            try:
+                url = stack.enter_context(cluster())
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                raise BenchError(f"PostgreSQL cluster: {exc} (STORES=sqlite to skip it)") from None
+            homes["postgresql"] = (home / "pg", provision(home / "pg", url))
         for size in knobs.sizes:
             for rnd in range(1, knobs.repeats + 1):
                 keep(ceiling_run(knobs, size=size, rnd=rnd))
                 if knobs.peer_modes:
                     for record in peer_runs(knobs, size=size, rnd=rnd):
                         keep(record)
-                for workers in knobs.workers:
-                    keep(our_run(knobs, env, home, workers=workers, size=size, rnd=rnd))
-        failures = [line for line in (home / "relay.log").read_text(errors="replace").splitlines()
-                    if " ERROR " in line or " WARNING " in line]
-        if failures:
-            print(f"bench: the relay logged {len(failures)} warnings/errors; first: {failures[0]}", flush=True)
+                for store in knobs.stores:
+                    store_home, store_env = homes[store]
+                    for workers in knobs.workers:
+                        keep(our_run(knobs, store_env, store_home, workers=workers, size=size, rnd=rnd,
+                                     store=store))
+        if knobs.extras:
+            import extras  # bench/extras.py: issue 11's figures
+
+            extra_lines.extend(extras.run(knobs.extras, env, home, records, running_relay, free_port,
+                                          workers=max(knobs.workers), timeout=knobs.timeout))
+        for store_home, _ in homes.values():
+            log = store_home / "relay.log"
+            failures = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+                        if " ERROR " in line or " WARNING " in line]
+            if failures:
+                print(f"bench: the relay logged {len(failures)} warnings/errors in {log.name} "
+                      f"({store_home.name}); first: {failures[0]}", flush=True)
     return records
 
 
@@ -408,13 +460,16 @@ def main() -> int:
         started = time.monotonic()
         with open(knobs.results, "w") as out:
             out.write("# " + json.dumps(meta(knobs)) + "\n")
-            records = bench(knobs, out)
+            extra_lines: list[str] = []
+            records = bench(knobs, out, extra_lines)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     print(f"\nbench: {knobs.messages} messages, {knobs.sessions} sessions, {knobs.repeats} rounds, "
           f"{os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s; raw lines in {knobs.results}\n")
     print("\n".join(table(records, knobs.sizes)))
+    if extra_lines:
+        print("\n" + "\n".join(extra_lines))
     bad = [r for r in records if not r.get("e2e_s")]
     return 1 if bad else 0
 
