@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from admin import lifecycle
 from admin.dnscheck import DnsClient
-from admin.validation import GONE, UnknownTenant, ValidationReport, validate_tenant
+from admin.validation import GONE, NOT_CHECKED, UnknownTenant, ValidationReport, validate_tenant
 from relay.settings import Settings
 from relay.store import Store
 
@@ -34,7 +34,7 @@ def due_tenant_ids(store: Store, now: datetime, interval: timedelta) -> list[str
 
 def _gone(tenant_id: str) -> ValidationReport:
     """A tenant named for a check that no longer exists (tenants are never deleted today)."""
-    return ValidationReport(tenant=tenant_id, verified=False, outcome="not checked", status="",
+    return ValidationReport(tenant=tenant_id, verified=False, outcome=NOT_CHECKED, status=None,
                             checks=(), skipped=GONE)
 
 

@@ -79,9 +79,9 @@ class ValidationReport:
     tenant: str
     verified: bool  # this check found every required record in order: the status after it is verified
     outcome: str  # what DNS said about the required records: verified | not verified | could not check
-    status: str  # the tenant's status after this validation (as stored when discarded or skipped)
+    status: TenantStatus | None  # after this validation (as stored when discarded or skipped; None: gone)
     checks: tuple[CheckResult, ...]
-    status_before: str = ""
+    status_before: TenantStatus | None = None
     reason: str = ""  # the required records that are not in order, in words
     failing_since: datetime | None = None
     failed_after: datetime | None = None  # degraded: when the tenant becomes failed
@@ -101,8 +101,8 @@ class ValidationReport:
             "tenant": self.tenant,
             "verified": self.verified,
             "outcome": self.outcome,
-            "status": self.status,
-            "status_before": self.status_before,
+            "status": self.status.value if self.status is not None else "",
+            "status_before": self.status_before.value if self.status_before is not None else "",
             "changed": self.changed,
             "reason": self.reason or None,
             "failing_since": _iso(self.failing_since),
@@ -226,7 +226,7 @@ def unchanged_report(tenant: Tenant, *, skipped: str = "", discarded: str = "",
     """A report of a check that changed nothing: skipped (not made) or discarded (not applied)."""
     return ValidationReport(
         tenant=tenant.id, verified=False, outcome=NOT_CHECKED if skipped else outcome_of(checks),
-        status=str(tenant.status), checks=tuple(checks), status_before=str(tenant.status),
+        status=tenant.status, checks=tuple(checks), status_before=tenant.status,
         failing_since=tenant.failing_since, sender=tenant.sender.email, skipped=skipped,
         discarded=discarded,
     )
@@ -279,7 +279,7 @@ def _apply(store: Store, settings: Settings, tenant: Tenant, keys: list[DkimKey]
                                outcome="done", detail=outcome))
     return ValidationReport(
         tenant=tenant.id, verified=change.status is TenantStatus.VERIFIED, outcome=outcome,
-        status=str(change.status), checks=tuple(checks), status_before=str(change.before),
+        status=change.status, checks=tuple(checks), status_before=change.before,
         reason=change.reason, failing_since=change.failing_since, failed_after=failed_after,
         sender=tenant.sender.email, promotion=promotion, notifications=ids,
     )
@@ -323,7 +323,7 @@ def change_line(report: ValidationReport) -> str:
         line += f" ({report.reason})"
     if report.failed_after is not None:
         line += f"; failed after {report.failed_after.isoformat()}"
-    if report.status == TenantStatus.FAILED:
+    if report.status is TenantStatus.FAILED:
         line += "; mail leaves as the platform sender"
     return line
 

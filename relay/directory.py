@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from relay.dkimkeys import KeyFileError, key_file_path, load_private_key
+from relay.limits import plural
 from relay.models import Client, DkimKey, KeyState, Tenant
 from relay.replies import KEY_UNAVAILABLE, ReplyError
 from relay.signer import DkimSigner
@@ -92,21 +93,16 @@ def _stamp(keys_dir: Path, key: DkimKey, domain: str) -> KeyStamp | None:
     return (key.tenant, key.selector, domain, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _plural(count: int, noun: str) -> str:
-    """`1 tenant`, `2 tenants`."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _compare(old: Mapping[str, Hashable], new: Mapping[str, Hashable], noun: str) -> list[str]:
     """`N noun added/changed/removed` for two views keyed by id; nothing for what is equal."""
     changed = sum(1 for key in old.keys() & new.keys() if old[key] != new[key])
     counts = ((len(new.keys() - old.keys()), "added"), (changed, "changed"), (len(old.keys() - new.keys()), "removed"))
-    return [f"{_plural(count, noun)} {verb}" for count, verb in counts if count]
+    return [f"{plural(count, noun)} {verb}" for count, verb in counts if count]
 
 
 def _served_tenants(snapshot: Snapshot) -> dict[str, Hashable]:
     """Each tenant as the relay acts on it: sender and status (timestamps change nothing it does)."""
-    return {tid: (tenant.sender, str(tenant.status)) for tid, tenant in snapshot.tenants.items()}
+    return {tid: (tenant.sender, tenant.status) for tid, tenant in snapshot.tenants.items()}
 
 
 def _served_clients(snapshot: Snapshot) -> dict[str, Hashable]:

@@ -88,31 +88,3 @@ def field_name(field: bytes) -> bytes:
 def field_value(field: bytes) -> bytes:
     """The raw value of a field: after the colon, unfolded (RFC 5322 2.2.3), without the final CRLF."""
     return field[field.index(b":") + 1 :].replace(CRLF, b"")
-
-
-_FOLD_POINT = re.compile(r"(?<=[^ \t])[ \t]+(?=[^ \t])")
-
-
-def fold(line: str, *, limit: int = 78) -> str:
-    """Fold one unfolded header field at whitespace so lines stay within `limit` where possible.
-
-    RFC 5322 2.2.3: a CRLF may be inserted before any WSP; a folded line never holds only WSP, so we
-    break only before a WSP run that has text on both sides. Returns the field with its final CRLF.
-    A word longer than `limit` stays whole; callers that must stay under 998 check the result.
-    """
-    lines: list[str] = []
-    while len(line) > limit:
-        points = [m.start() for m in _FOLD_POINT.finditer(line)]
-        if not points:
-            break
-        before = [p for p in points if p <= limit]
-        cut = before[-1] if before else points[0]
-        lines.append(line[:cut])
-        line = line[cut:]
-    lines.append(line)
-    return "\r\n".join(lines) + "\r\n"
-
-
-def longest_line(field: bytes) -> int:
-    """Length in octets of the longest line of a field, CRLF excluded."""
-    return max(len(line) for line in field.split(CRLF))

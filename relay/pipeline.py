@@ -136,12 +136,13 @@ class Pipeline:
             raise
         result = outcome(reply)
         self.metrics.message(facts.tenant, result)
-        timings = facts.timings()
-        log.info(
-            "tx=%s client=%s ip=%s tenant=%s rcpts=%d size=%d outcome=%s reply=%r %s",
-            tx.id, tx.client, tx.peer.ip, facts.tenant, len(tx.recipients), facts.size,
-            result, str(reply), _ms(timings), extra=_line_fields(tx, facts, result, str(reply), timings),
-        )
+        if log.isEnabledFor(logging.INFO):  # the line's timings, text and fields only when it is written
+            timings, said = facts.timings(), str(reply)
+            log.info(
+                "tx=%s client=%s ip=%s tenant=%s rcpts=%d size=%d outcome=%s reply=%r %s",
+                tx.id, tx.client, tx.peer.ip, facts.tenant, len(tx.recipients), facts.size,
+                result, said, _ms(timings), extra=_line_fields(tx, facts, result, said, timings),
+            )
         return reply
 
     def _log_abandoned(self, tx: Transaction, facts: _Facts) -> None:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -60,6 +60,7 @@ from relay.store import (
 )
 
 Row = dict[str, Any]
+_T = TypeVar("_T")
 Conn = psycopg.Connection[DictRow]
 
 # pg_advisory_xact_lock key of the store's one write lock (any fixed bigint: "relay" in ASCII).
@@ -388,6 +389,15 @@ class PostgresStore:
                 self._local.bumped = True
             return count
 
+    def _first(self, sql: str, params: tuple[Any, ...], build: Callable[[Row], _T]) -> _T | None:
+        """`build` of the first row `sql` finds, or None when it finds none."""
+        rows = self._rows(sql, params)
+        return build(rows[0]) if rows else None
+
+    def _column(self, column: str, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
+        """`column` of every row `sql` finds, in order."""
+        return tuple(row[column] for row in self._rows(sql, params))
+
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         conn = self._local.conn
         if conn is not None:
@@ -439,17 +449,16 @@ class PostgresStore:
                             (user.name, tenant), bump=False)
 
     def get_user(self, name: str) -> User | None:
-        rows = self._rows("SELECT * FROM users WHERE name = %s", (name,))
-        return self._user(rows[0]) if rows else None
+        return self._first("SELECT * FROM users WHERE name = %s", (name,), self._user)
 
     def list_users(self) -> list[User]:
         return [self._user(row) for row in self._rows("SELECT * FROM users ORDER BY name")]
 
     def _user(self, row: Row) -> User:
-        tenants = self._rows("SELECT tenant FROM user_tenants WHERE user_name = %s ORDER BY tenant",
-                             (row["name"],))
+        tenants = self._column("tenant", "SELECT tenant FROM user_tenants WHERE user_name = %s ORDER BY tenant",
+                               (row["name"],))
         return User(name=row["name"], role=Role(row["role"]), created_at=row["created_at"],
-                    tenants=tuple(r["tenant"] for r in tenants), password_hash=row["password_hash"])
+                    tenants=tenants, password_hash=row["password_hash"])
 
     # tenants
     def save_tenant(self, tenant: Tenant) -> None:
@@ -469,8 +478,7 @@ class PostgresStore:
         )
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
-        rows = self._rows("SELECT * FROM tenants WHERE id = %s", (tenant_id,))
-        return _tenant(rows[0]) if rows else None
+        return self._first("SELECT * FROM tenants WHERE id = %s", (tenant_id,), _tenant)
 
     def list_tenants(self) -> list[Tenant]:
         return [_tenant(row) for row in self._rows("SELECT * FROM tenants ORDER BY id")]
@@ -517,19 +525,19 @@ class PostgresStore:
                 self._write("INSERT INTO client_networks VALUES (%s, %s)", (client.name, network))
 
     def get_client(self, name: str) -> Client | None:
-        rows = self._rows("SELECT * FROM clients WHERE name = %s", (name,))
-        return self._client(rows[0]) if rows else None
+        return self._first("SELECT * FROM clients WHERE name = %s", (name,), self._client)
 
     def list_clients(self) -> list[Client]:
         return [self._client(row) for row in self._rows("SELECT * FROM clients ORDER BY name")]
 
     def _client(self, row: Row) -> Client:
         name = row["name"]
-        tenants = self._rows("SELECT tenant FROM client_tenants WHERE client = %s ORDER BY tenant", (name,))
-        networks = self._rows("SELECT network FROM client_networks WHERE client = %s ORDER BY network", (name,))
+        tenants = self._column("tenant", "SELECT tenant FROM client_tenants WHERE client = %s ORDER BY tenant",
+                               (name,))
+        networks = self._column("network", "SELECT network FROM client_networks WHERE client = %s ORDER BY network",
+                                (name,))
         return Client(name=name, secret_hash=row["secret_hash"], all_tenants=row["all_tenants"],
-                      tenants=tuple(r["tenant"] for r in tenants),
-                      networks=tuple(r["network"] for r in networks), created_at=row["created_at"])
+                      tenants=tenants, networks=networks, created_at=row["created_at"])
 
     def set_client_secret(self, name: str, secret_hash: str) -> bool:
         """Replace a client's stored secret hash; False when there is no such client (bumps: the
@@ -628,8 +636,8 @@ class PostgresStore:
 
     def queued_notification(self, notification_id: int) -> Notification | None:
         """One notification while it still waits for delivery (None once delivered or given up)."""
-        rows = self._rows("SELECT * FROM notifications WHERE id = %s AND state = 'queued'", (notification_id,))
-        return _notification(rows[0]) if rows else None
+        return self._first("SELECT * FROM notifications WHERE id = %s AND state = 'queued'", (notification_id,),
+                           _notification)
 
     def notification_delivered(self, notification_id: int, now: datetime) -> None:
         self._write("""UPDATE notifications SET state = 'delivered', delivered_at = %s, attempts = attempts + 1

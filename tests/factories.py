@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from relay import dkimkeys
-from relay.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
-from relay.settings import Settings
-from relay.store import Store, utcnow
+from relay.models import Client, DkimKey, KeyState, Role, Sender, Tenant, TenantStatus, User
+from relay.settings import Settings, load_settings
+from relay.store import Store, open_store, utcnow
+
+ACCOUNTANT = "carol"
+
+
+@pytest.fixture
+def settings(relay_env: Path) -> Settings:
+    """The settings of the `relay_env` directory (import this fixture into a test module to use it)."""
+    return load_settings()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """The store the `cli` fixture uses, with the accountant `ACCOUNTANT`: for tests that run the CLI
+    as that role (import this fixture, with `settings`, into a test module to use it)."""
+    opened = open_store(settings)
+    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
+    yield opened
+    opened.close()
 
 
 def make_tenant(

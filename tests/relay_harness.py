@@ -34,11 +34,11 @@ from cryptography.x509.oid import NameOID
 
 from admin.records import records_for
 from relay.credentials import hash_secret
-from relay.models import DkimKey, Tenant
+from relay.models import DkimKey, Tenant, TenantStatus
 from relay.server import RunningRelay, start_relay
 from relay.settings import HostPort, Settings, Upstream
-from relay.store import Store
-from tests.factories import make_client
+from relay.store import SqliteStore, Store
+from tests.factories import make_client, make_tenant
 from tests.nsd import zone_text
 
 RCPT = "someone@example.test"
@@ -87,6 +87,16 @@ def add_client(store: Store, name: str, **scope: Any) -> str:
     secret = f"secret-of-{name}"
     make_client(store, name, hash_secret(secret), **scope)
     return secret
+
+
+def verified_acme(tmp: Path) -> tuple[SqliteStore, DkimKey, str]:
+    """The store of `make_settings(tmp)` with `acme` (acme.test) verified with its key, and its client
+    `billing`; returns (the store, open: the caller closes it; acme's key; billing's secret)."""
+    settings = make_settings(tmp)
+    store = SqliteStore(settings.database_path)
+    _, key = make_tenant(store, settings, "acme", domain="acme.test", status=TenantStatus.VERIFIED)
+    secret = add_client(store, "billing", tenants=("acme",))
+    return store, key, secret
 
 
 def closed_port() -> int:

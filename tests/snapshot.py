@@ -99,6 +99,20 @@ def build_template(directory: Path, commands: Iterable[list[str]]) -> Path:
     return directory
 
 
+def build_acme_template(directory: Path, *, admin: bool = True) -> Path:
+    """The usual CLI template: users alice (owner), bob (admin; left out with `admin=False`) and carol
+    (accountant), and tenant acme (Acme, billing@acme.test, acme.test) with its active key."""
+    users = [["user", "add", "alice", "--role", "owner"]]
+    if admin:
+        users.append(["user", "add", "bob", "--role", "admin", "--as", "alice"])
+    users.append(["user", "add", "carol", "--role", "accountant", "--as", "alice"])
+    return build_template(directory, [
+        *users,
+        ["tenant", "set", "acme", "--name", "Acme", "--email", "billing@acme.test",
+         "--domain", "acme.test", "--as", "alice"],
+    ])
+
+
 def restore_template(template: Path, env: Path) -> None:
     """Copy a template's store and keys (modes kept) into a test's relay_env directory."""
     for path in template.glob(DB_NAME + "*"):

@@ -10,7 +10,7 @@ import pytest
 from admin.roles import RULES, refusal
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_template, open_store, restore_template, state,
+    assert_one_line_error, build_acme_template, open_store, restore_template, state,
 )
 
 Cli = Callable[..., CliResult]
@@ -22,13 +22,7 @@ JARGON = ("Codepoint", "IDNA", "position", "Label", "A-label", "may not")
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("messages"), [
-        ["user", "add", OWNER, "--role", "owner"],
-        ["user", "add", ADMIN, "--role", "admin", "--as", OWNER],
-        ["user", "add", ACCOUNTANT, "--role", "accountant", "--as", OWNER],
-        ["tenant", "set", "acme", "--name", "Acme", "--email", "billing@acme.test",
-         "--domain", "acme.test", "--as", OWNER],
-    ])
+    return build_acme_template(tmp_path_factory.mktemp("messages"))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from relay.models import CheckResult, CheckStatus, KeyState, Sender, TenantStatu
 from relay.store import StoreError, utcnow
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_template, open_store, restore_template, state,
+    assert_one_line_error, build_acme_template, open_store, restore_template, state,
 )
 
 Cli = Callable[..., CliResult]
@@ -39,12 +39,7 @@ def tenant_set(cli: Cli, tenant: str, given: Mapping[str, str | None] | None = N
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("tenants"), [
-        ["user", "add", OWNER, "--role", "owner"],
-        ["user", "add", ACCOUNTANT, "--role", "accountant", "--as", OWNER],
-        ["tenant", "set", "acme", "--name", "Acme", "--email", "billing@acme.test",
-         "--domain", "acme.test", "--as", OWNER],
-    ])
+    return build_acme_template(tmp_path_factory.mktemp("tenants"), admin=False)
 
 
 @pytest.fixture

@@ -11,42 +11,27 @@ becomes the number 3600, which shows as 3600 and means the same.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import openpyxl
-import pytest
 from openpyxl.cell.cell import Cell, MergedCell
 
 from admin.render import CSV_FIELDS
-from relay.models import KeyState, Role, User
-from relay.settings import Settings, load_settings
-from relay.store import Store, open_store, utcnow
+from relay.models import KeyState
+from relay.settings import Settings
+from relay.store import Store
 from tests.conftest import CliResult
-from tests.factories import make_tenant
+from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 from tests.office import convert
 
 Cli = Callable[..., CliResult]
-ACCOUNTANT = "carol"
 # LibreOffice's CSV filter options: separator (ASCII code), text delimiter 34 ("), charset 76
 # (UTF-8), first line 1.
 REMOVE_AFTER = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SEPARATORS = {",": ("comma", "CSV:44,34,76,1"), ";": ("semicolon", "CSV:59,34,76,1")}
-
-
-@pytest.fixture
-def settings(relay_env: Path) -> Settings:
-    return load_settings()
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    opened = open_store(settings)
-    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
-    yield opened
-    opened.close()
 
 
 def test_libreoffice_opens_every_field_in_its_own_text_cell(cli: Cli, store: Store,

@@ -21,29 +21,14 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from admin.export_texts import LANGUAGES, ExportTexts
-from relay.models import CheckResult, CheckStatus, Role, User
-from relay.settings import Settings, load_settings
-from relay.store import Store, open_store, utcnow
+from relay.models import CheckResult, CheckStatus, Role
+from relay.settings import Settings
+from relay.store import Store
 from tests.conftest import CliResult
-from tests.factories import make_tenant
+from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 
 Cli = Callable[..., CliResult]
-ACCOUNTANT = "carol"
 HEADER_ROW = 6
-
-
-@pytest.fixture
-def settings(relay_env: Path) -> Settings:
-    return load_settings()
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    """The store the `cli` fixture uses, with an accountant: every export here runs as that role."""
-    opened = open_store(settings)
-    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
-    yield opened
-    opened.close()
 
 
 def export(cli: Cli, tenant: str, output: Path, *args: str) -> CliResult:

@@ -11,39 +11,24 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import openpyxl
-import pytest
 
 from admin.export_texts import LANGUAGES, ExportTexts
 from relay import dkimkeys
-from relay.models import CheckResult, CheckStatus, DkimKey, KeyState, Role, User
-from relay.settings import Settings, load_settings
-from relay.store import Store, open_store, utcnow
+from relay.models import CheckResult, CheckStatus, DkimKey, KeyState
+from relay.settings import Settings
+from relay.store import Store
 from tests.conftest import CliResult
-from tests.factories import make_tenant
+from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 from tests.office import Word, convert, font_names, page_count, page_text, page_words
 
 Cli = Callable[..., CliResult]
-ACCOUNTANT = "carol"
 FOOTER = re.compile(r"^\s*(.+?)\s+\u2013\s+\d+ / \d+\s*$")  # "&A – &P / &N"
 CHECKED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
-
-
-@pytest.fixture
-def settings(relay_env: Path) -> Settings:
-    return load_settings()
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    opened = open_store(settings)
-    opened.add_user(User(ACCOUNTANT, Role.ACCOUNTANT, utcnow()))
-    yield opened
-    opened.close()
 
 
 def tenant_after_a_failed_check(store: Store, settings: Settings) -> list[str]:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from relay.message import fold, normalise_data, split_header_body
+from relay.message import normalise_data, split_header_body
 from relay.replies import BAD_HEADER, NUL_BYTES, SMUGGLING, ReplyError
 
 HEAD = b"Subject: x\r\n\r\nfirst line"
@@ -154,20 +154,3 @@ def test_malformed_header_line_is_refused_550_5_6_0(message: bytes) -> None:
     with pytest.raises(ReplyError) as caught:
         split_header_body(message)
     assert caught.value.reply == BAD_HEADER
-
-
-def test_fold_breaks_at_whitespace_and_unfolds_to_the_same_text() -> None:
-    line = "Subject: " + " ".join(f"word{i}" for i in range(60))
-    folded = fold(line)
-    lines = folded.split("\r\n")[:-1]
-    assert len(lines) > 1
-    assert all(len(part) <= 78 for part in lines)
-    assert all(part.startswith(" ") for part in lines[1:])
-    assert folded.replace("\r\n", "") == line
-
-
-def test_fold_never_makes_a_whitespace_only_line() -> None:
-    line = "X: " + "a" * 70 + "      " + "b" * 20 + "   "
-    folded = fold(line)
-    assert all(part.strip() for part in folded.split("\r\n")[:-1])
-    assert folded.replace("\r\n", "") == line

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, values
 
 from relay import metrics as metrics_module
 from relay.metrics import Metrics, MetricsServer, readiness
-from relay.models import TenantStatus
 from relay.revalidator import Revalidator
 from relay.settings import HostPort, SettingsError, load_settings
 from relay.store import SqliteStore
@@ -34,12 +33,12 @@ from tests.relay_harness import (
     RelayProcess,
     Script,
     ScriptedUpstream,
-    add_client,
     closed_port,
     eventually,
     make_settings,
     process_env,
     relay_running,
+    verified_acme,
     send,
     smtp_upstream,
 )
@@ -57,10 +56,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     """A store with the verified tenant `acme` and its client `billing`."""
-    settings = make_settings(tmp_path)
-    store = SqliteStore(settings.database_path)
-    make_tenant(store, settings, "acme", domain="acme.test", status=TenantStatus.VERIFIED)
-    secret = add_client(store, "billing", tenants=("acme",))
+    store, _, secret = verified_acme(tmp_path)
     yield Site(tmp_path, store, secret)
     store.close()
 

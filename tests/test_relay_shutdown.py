@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.models import TenantStatus
 from relay.store import SqliteStore
-from tests.factories import make_tenant
 from tests.relay_harness import (
     RELAY_SCRIPT,
     RCPT,
@@ -25,11 +23,11 @@ from tests.relay_harness import (
     RelayProcess,
     Script,
     ScriptedUpstream,
-    add_client,
     eventually,
     make_settings,
     process_env,
     relay_running,
+    verified_acme,
     smtp_upstream,
 )
 
@@ -46,10 +44,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     """A store with one verified tenant and its client `billing`."""
-    settings = make_settings(tmp_path)
-    store = SqliteStore(settings.database_path)
-    make_tenant(store, settings, "acme", domain="acme.test", status=TenantStatus.VERIFIED)
-    secret = add_client(store, "billing", tenants=("acme",))
+    store, _, secret = verified_acme(tmp_path)
     store.close()
     yield Site(tmp_path, secret)
 

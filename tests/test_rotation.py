@@ -23,7 +23,9 @@ from relay import directory, dkimkeys
 from relay.models import DkimKey, KeyState
 from relay.store import StoreError, utcnow
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, build_template, open_store, restore_template, state
+from tests.snapshot import (
+    assert_one_line_error, build_acme_template, open_store, restore_template, state,
+)
 
 Cli = Callable[..., CliResult]
 OWNER, ADMIN, ACCOUNTANT = "alice", "bob", "carol"
@@ -33,13 +35,7 @@ PURPOSE_COLUMN = 7
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("rotation"), [
-        ["user", "add", OWNER, "--role", "owner"],
-        ["user", "add", ADMIN, "--role", "admin", "--as", OWNER],
-        ["user", "add", ACCOUNTANT, "--role", "accountant", "--as", OWNER],
-        ["tenant", "set", "acme", "--name", "Acme", "--email", "billing@acme.test",
-         "--domain", "acme.test", "--as", OWNER],
-    ])
+    return build_acme_template(tmp_path_factory.mktemp("rotation"))
 
 
 @pytest.fixture

@@ -16,21 +16,20 @@ import dkim
 import pytest
 
 from relay import reload
-from relay.models import DkimKey, TenantStatus
+from relay.models import DkimKey
 from relay.reload import plan
 from relay.settings import HostPort, SettingsError, Upstream, load_settings
 from relay.store import SqliteStore
-from tests.factories import make_tenant
 from tests.test_metrics import until
 from tests.relay_harness import (
     RCPT,
     RELAY_SCRIPT,
     RawClient,
     RelayProcess,
-    add_client,
     make_settings,
     process_env,
     relay_running,
+    verified_acme,
     send,
 )
 
@@ -88,10 +87,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     """`acme` verified with its key, and its client `billing`."""
-    settings = make_settings(tmp_path)
-    store = SqliteStore(settings.database_path)
-    _, key = make_tenant(store, settings, "acme", domain="acme.test", status=TenantStatus.VERIFIED)
-    secret = add_client(store, "billing", tenants=("acme",))
+    store, key, secret = verified_acme(tmp_path)
     store.close()
     yield Site(tmp_path, secret, key)
 

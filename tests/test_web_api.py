@@ -18,7 +18,7 @@ import pytest
 from openpyxl import load_workbook
 
 from admin.export_texts import LANGUAGES
-from tests.web_server import AdminServer, Site
+from tests.web_server import AdminServer, Site, serving
 
 ROUTES = {
     ("get", "/api/v1/tenants"),
@@ -50,9 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def server(site: Site) -> Iterator[AdminServer]:
-    server = AdminServer(site)
-    yield server
-    server.stop()
+    yield from serving(site)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from openpyxl import load_workbook
 
 from admin.export_texts import LANGUAGES
 from tests.peers import require_binary
-from tests.web_server import PASSWORD, AdminServer, Site
+from tests.web_server import PASSWORD, AdminServer, Site, owner_site, serving
 
 pytestmark = pytest.mark.browser
 
@@ -30,11 +30,7 @@ SCRIPT_NAME = "<script>alert('owned')</script>"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    site = Site(tmp_path_factory.mktemp("web-browser"))
-    site.user("olivia", "owner")
-    site.tenant("acme", "acme.test", name="Acme BV")
-    site.tenant("xss", "xss.test", name=SCRIPT_NAME)
-    site.user("carl", "accountant", actor="olivia")
+    site = owner_site(tmp_path_factory.mktemp("web-browser"), SCRIPT_NAME)
     site.serve_dns({"shop.test": ""})  # the zone exists, its records come once the page shows them
     yield site
     site.stop()
@@ -42,9 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def server(site: Site) -> Iterator[AdminServer]:
-    server = AdminServer(site)
-    yield server
-    server.stop()
+    yield from serving(site)
 
 
 @pytest.fixture(scope="module")

@@ -25,27 +25,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from admin.web.security import CSP
-from tests.web_server import PASSWORD, AdminServer, Site
+from tests.web_server import PASSWORD, AdminServer, Site, owner_site, serving
 
 SCRIPT_NAME = "<script>alert('x')</script> & Co"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    site = Site(tmp_path_factory.mktemp("web-security"))
-    site.user("olivia", "owner")
-    site.tenant("acme", "acme.test", name="Acme BV")
-    site.tenant("xss", "xss.test", name=SCRIPT_NAME)
-    site.user("carl", "accountant", actor="olivia")
+    site = owner_site(tmp_path_factory.mktemp("web-security"), SCRIPT_NAME)
     yield site
     site.stop()
 
 
 @pytest.fixture(scope="module")
 def server(site: Site) -> Iterator[AdminServer]:
-    server = AdminServer(site)
-    yield server
-    server.stop()
+    yield from serving(site)
 
 
 def browser(server: AdminServer, **kwargs: Any) -> httpx.Client:

@@ -174,3 +174,21 @@ class AdminServer:
                 self.process.wait()
         for reader in self._readers:
             reader.join(timeout=5)
+
+
+def owner_site(root: Path, script_name: str) -> Site:
+    """A site with olivia (owner), tenants acme ("Acme BV") and xss (named `script_name`), and carl
+    (accountant)."""
+    site = Site(root)
+    site.user("olivia", "owner")
+    site.tenant("acme", "acme.test", name="Acme BV")
+    site.tenant("xss", "xss.test", name=script_name)
+    site.user("carl", "accountant", actor="olivia")
+    return site
+
+
+def serving(site: Site) -> Iterator[AdminServer]:
+    """Body of a module-scoped `server` fixture: `relay-admin serve` for `site`, stopped afterwards."""
+    server = AdminServer(site)
+    yield server
+    server.stop()

@@ -112,9 +112,15 @@ def could_not_check(finding: DnsError) -> str:
             f" record: {fix}.")
 
 
-def duration(seconds: int) -> str:
+def duration(seconds: float, *, exact: bool = False) -> str:
+    """`7 days`, `36 hours`, `90 minutes`, `1 second`: a setting or TTL as people say it.
+
+    A whole number of the largest unit; unless `exact`, also a rounded count once it is two or more
+    of that unit (`exact` keeps every second: 7300 s is `7300 seconds`, not `2 hours`).
+    """
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0 or seconds >= 2 * size:
+        if seconds >= size and seconds % size == 0 or not exact and seconds >= 2 * size:
             count = round(seconds / size)
             return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    count = round(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"

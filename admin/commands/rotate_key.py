@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from admin import inputs, services
+from admin.checks.common import duration
 from admin.context import EXIT_OK, Context
 from admin.records import DnsRecord
 from admin.rotation import Rotation
@@ -24,13 +25,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def duration_words(seconds: float) -> str:
-    """`7 days`, `36 hours`, `90 minutes`, `1 second`: RELAY_KEY_OVERLAP as people say it."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    count = round(seconds)
-    return f"{count} second{'' if count == 1 else 's'}"
+    """RELAY_KEY_OVERLAP in words, to the second (`admin.checks.common.duration`)."""
+    return duration(seconds, exact=True)
 
 
 def rotation_text(rotation: Rotation, record: DnsRecord, key_file: Path, overlap: str) -> str:

@@ -76,11 +76,11 @@ def headline(report: ValidationReport, *, grace: float) -> str:
                 " as they are now")
     if report.outcome == COULD_NOT_CHECK:
         return f"could not check every record; status unchanged ({report.status})"
-    if report.status == TenantStatus.VERIFIED:
+    if report.status is TenantStatus.VERIFIED:
         return "verified: every required record is published correctly"
-    if report.status == TenantStatus.DEGRADED:
+    if report.status is TenantStatus.DEGRADED:
         return _degraded(report, grace)
-    if report.status == TenantStatus.FAILED:
+    if report.status is TenantStatus.FAILED:
         since = f" since {when(report.failing_since)}" if report.failing_since else ""
         return (f"failed: a required record has failed{since} ({report.reason}), longer than"
                 f" RELAY_GRACE; mail leaves as the platform sender until the records marked below"
