@@ -1,6 +1,6 @@
 """Sign-in for people and programs: passwords and admin API tokens, kept only as salted slow hashes.
 
-Both are hashed with scrypt (RFC 7914) as client secrets are (`relay.credentials`): a 16-byte random
+Both are hashed with scrypt (RFC 7914) as client secrets are (`relay.core.credentials`): a 16-byte random
 salt per hash, N=2^14, r=8, p=1 (~16 MiB and tens of milliseconds per check), a 32-byte result,
 stored as `scrypt$N$r$p$<salt>$<digest>` and compared in constant time (`hmac.compare_digest`).
 
@@ -18,9 +18,9 @@ import secrets
 from datetime import datetime
 from functools import cache
 
-from relay.credentials import hash_secret, verify_secret
-from relay.models import ApiToken, User
-from relay.store import Store
+from relay.core.credentials import hash_secret, verify_secret
+from relay.core.models import ApiToken, User
+from relay.core.store import Store
 
 PASSWORD_MIN_LENGTH = 12
 TOKEN_SCHEME = "rat"  # "relay admin token": recognisable in a leaked config or a secret scanner

@@ -15,8 +15,8 @@ from typing import NoReturn
 from admin import inputs
 from admin.commands import COMMAND_MODULES
 from admin.context import EXIT_STORE, EXIT_USAGE, PROG, CliError, Context
-from relay.settings import Settings, SettingsError, load_settings
-from relay.store import Store, StoreError, StoreMissing, open_store, store_location
+from relay.core.settings import Settings, SettingsError, load_settings
+from relay.core.store import Store, StoreError, StoreMissing, open_store, store_location
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ Error tree (each is rendered as one line on stderr by `admin.cli.main`):
     ├── PermissionDenied    3  the acting user's role may not do this; audited, nothing changed
     └── StorageError        4  the keys directory cannot be written; nothing changed
 
-(`relay.store.StoreError`, a missing store included, is rendered the same way with exit code 4.)
+(`relay.core.store.StoreError`, a missing store included, is rendered the same way with exit code 4.)
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
 from admin.roles import management_refusal, may, refusal
-from relay.models import AuditEntry, Tenant, User
-from relay.settings import Settings
-from relay.store import Store, store_location, utcnow
+from relay.core.models import AuditEntry, Tenant, User
+from relay.core.settings import Settings
+from relay.core.store import Store, store_location, utcnow
 
 PROG = "relay-admin"
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from admin.taglist import TagListError, parse_tag_list
-from relay.dkimkeys import MIN_KEY_BITS, public_key_b64
+from relay.core.dkimkeys import MIN_KEY_BITS, public_key_b64
 
 MAX_STRING = 255  # one DNS character-string (RFC 1035 3.3); longer TXT data needs several
 

@@ -33,7 +33,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from relay.settings import HostPort, Settings
+from relay.core.settings import HostPort, Settings
 
 MAX_ALIASES = 8  # CNAME chain we follow ourselves when a server does not (RFC 1034 3.6.2)
 EDNS_PAYLOAD = 1232  # the DNS Flag Day 2020 size: no IP fragmentation; larger answers come over TCP

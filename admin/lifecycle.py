@@ -27,8 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from relay.directory import active_key
-from relay.models import CheckResult, CheckStatus, DkimKey, KeyState, Tenant, TenantStatus
+from relay.core.models import (
+    CheckResult,
+    CheckStatus,
+    DkimKey,
+    KeyState,
+    Tenant,
+    TenantStatus,
+)
+from relay.policy.directory import active_key
 
 # A pending tenant's first re-check comes this long after its last one; each wait is as long as it
 # had already been pending then (doubling), up to RELAY_REVALIDATE_INTERVAL.

@@ -44,9 +44,9 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from admin.lifecycle import default_holder
-from relay.models import CheckResult
-from relay.settings import Settings
-from relay.store import Notification, Store, utcnow
+from relay.core.models import CheckResult
+from relay.core.settings import Settings
+from relay.core.store import Notification, Store, utcnow
 
 log = logging.getLogger("relay.notify")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from relay.models import DkimKey, KeyState, Sender
+from relay.core.models import DkimKey, KeyState, Sender
 
 Purpose = Literal["dkim", "return-path", "dmarc"]
 DEFAULT_TTL = 3600

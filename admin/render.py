@@ -11,7 +11,7 @@ from datetime import datetime
 
 from admin.inputs import unicode_domain
 from admin.records import DnsRecord, human_time, key_note, removable
-from relay.models import KeyState
+from relay.core.models import KeyState
 
 FORMATS = ("table", "json", "bind", "csv")
 

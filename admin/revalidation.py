@@ -20,9 +20,15 @@ from datetime import datetime, timedelta
 
 from admin import lifecycle
 from admin.dnscheck import DnsClient
-from admin.validation import GONE, NOT_CHECKED, UnknownTenant, ValidationReport, validate_tenant
-from relay.settings import Settings
-from relay.store import Store
+from admin.validation import (
+    GONE,
+    NOT_CHECKED,
+    UnknownTenant,
+    ValidationReport,
+    validate_tenant,
+)
+from relay.core.settings import Settings
+from relay.core.store import Store
 
 CONCURRENCY = 8  # tenants checked at once; each asks all its questions concurrently already
 

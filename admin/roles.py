@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.models import Role, User
+from relay.core.models import Role, User
 
 _EVERYONE = frozenset(Role)
 _CHANGERS = frozenset({Role.OWNER, Role.ADMIN})

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from admin.tenants import active_key, issue_key, remove_written
-from relay.models import AuditEntry, DkimKey, KeyState, Tenant
-from relay.store import Store, utcnow
+from relay.core.models import AuditEntry, DkimKey, KeyState, Tenant
+from relay.core.store import Store, utcnow
 
 ACTION = "key.rotate"
 

@@ -3,7 +3,7 @@
 Through the relay (the default) the message takes a service's path: the listener at RELAY_LISTEN, AUTH
 with send-test's own credential (admin.sendtest_client), the tenant named in RELAY_TENANT_HEADER. So it
 exercises what a client meets, and the admin host needs neither the DKIM keys nor the upstream's
-credentials. In-process (`--in-process`) it runs `relay.pipeline.Pipeline` here, with a synthetic
+credentials. In-process (`--in-process`) it runs `relay.smtp.pipeline.Pipeline` here, with a synthetic
 client scoped to that one tenant, as the relay would, without a running relay.
 
 Where the forwarded copy can be read (RELAY_UPSTREAM=outbox:DIR: the file the relay's 250 names), it is
@@ -41,17 +41,17 @@ from admin.sendtest_client import (
     submit,
 )
 from admin.taglist import TagListError, parse_tag_list
-from relay.directory import Directory, active_key
-from relay.mailbox import mailbox_field
-from relay.message import field_name, field_value, split_header_body
-from relay.models import Client, DkimKey, Tenant
-from relay.pipeline import Pipeline
-from relay.policy import check_recipient, decide_identity
-from relay.replies import Reply, ReplyError
-from relay.settings import Settings
-from relay.store import Store, store_location, utcnow
-from relay.transaction import Peer, Transaction, new_transaction_id
-from relay.upstream import Envelope, OutboxReply, Upstream, make_upstream
+from relay.core.models import Client, DkimKey, Tenant
+from relay.core.replies import Reply, ReplyError
+from relay.core.settings import Settings
+from relay.core.store import Store, store_location, utcnow
+from relay.core.transaction import Peer, Transaction, new_transaction_id
+from relay.mail.mailbox import mailbox_field
+from relay.mail.message import field_name, field_value, split_header_body
+from relay.policy.directory import Directory, active_key
+from relay.policy.senders import check_recipient, decide_identity
+from relay.smtp.pipeline import Pipeline
+from relay.smtp.upstream import Envelope, OutboxReply, Upstream, make_upstream
 
 __all__ = ["IN_PROCESS_CLIENT", "SEND_TEST_CLIENT", "SEND_TEST_HELO", "SendTestReport", "SessionFailed",
            "UnknownTenant", "recipient", "run_in_process", "run_through_relay", "synthetic_client"]
@@ -61,7 +61,7 @@ IN_PROCESS_CLIENT = "relay-admin:send-test"
 DEFAULT_CLIENT_IP = "127.0.0.1"
 _NOT_ONE_ADDRESS = re.compile(r"[\s,;]")
 _NOT_PLAIN = re.compile(r'[<>"()\[\]\\]')
-# relay.upstream.Outbox.deliver: "OK: written to the outbox as <name>"; the name is the file's own.
+# relay.smtp.upstream.Outbox.deliver: "OK: written to the outbox as <name>"; the name is the file's own.
 _OUTBOX_NAME = re.compile(r"\bwritten to the outbox as (\S+)")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.eml")
 _RECEIVED_ID = re.compile(r"\bwith [A-Z]+ id ([A-Za-z0-9]+);")

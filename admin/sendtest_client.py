@@ -2,7 +2,7 @@
 
 The credential is a client named `relay-admin.send-test` with all-tenants scope (each message names its
 tenant in RELAY_TENANT_HEADER), created on first use; `client add` refuses the name. The store keeps
-only a salted hash of a client's secret (relay.credentials), so no secret can be recovered from it:
+only a salted hash of a client's secret (relay.core.credentials), so no secret can be recovered from it:
 each send-test issues a fresh random secret (when the relay first asks for AUTH, so a run that finds
 no relay changes nothing), stores its hash, authenticates with it and retires it when done. The
 secret exists only in this process, for one run; it is never printed or logged. A running relay
@@ -36,17 +36,17 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay.credentials import hash_secret, new_secret
-from relay.models import AuditEntry, Client
-from relay.policy import is_loopback
-from relay.replies import Reply
-from relay.upstream import quit_politely
-from relay.settings import HostPort
-from relay.store import Store, utcnow
+from relay.core.credentials import hash_secret, new_secret
+from relay.core.models import AuditEntry, Client
+from relay.core.replies import Reply
+from relay.core.settings import HostPort
+from relay.core.store import Store, utcnow
+from relay.policy.senders import is_loopback
+from relay.smtp.upstream import quit_politely
 
 SEND_TEST_CLIENT = "relay-admin.send-test"
 SEND_TEST_HELO = "relay-admin"
-# Like a locked /etc/shadow entry: `relay.credentials.verify_secret` accepts no secret against it.
+# Like a locked /etc/shadow entry: `relay.core.credentials.verify_secret` accepts no secret against it.
 RETIRED = "!"
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s*")

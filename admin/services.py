@@ -29,9 +29,9 @@ from admin.rotation import Rotation, RotationRefused, rotate_key
 from admin.rotation import UnknownTenant as RotationUnknownTenant
 from admin.tenants import KeyWriteError, TenantChange, set_tenant
 from admin.validation import UnknownTenant, ValidationReport, validate_tenant
-from relay import directory
-from relay.models import AuditEntry, CheckResult, DkimKey, Sender, Tenant
-from relay.store import utcnow
+from relay.core.models import AuditEntry, CheckResult, DkimKey, Sender, Tenant
+from relay.core.store import utcnow
+from relay.policy import directory
 
 DEFAULT_RETURN_PATH = "bounce"
 

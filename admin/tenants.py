@@ -20,10 +20,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from relay import directory, dkimkeys
-from relay.models import AuditEntry, DkimKey, KeyState, Sender, Tenant, TenantStatus
-from relay.settings import Settings
-from relay.store import Store, utcnow
+from relay.core import dkimkeys
+from relay.core.models import (
+    AuditEntry,
+    DkimKey,
+    KeyState,
+    Sender,
+    Tenant,
+    TenantStatus,
+)
+from relay.core.settings import Settings
+from relay.core.store import Store, utcnow
+from relay.policy import directory
 
 # How long a replaced key stays published: RELAY_KEY_OVERLAP's default, for callers without settings.
 DEFAULT_KEY_OVERLAP = timedelta(seconds=Settings.model_fields["key_overlap"].default)
@@ -58,7 +66,7 @@ def records_change(old: Sender, new: Sender) -> bool:
 
 
 def active_key(store: Store, tenant_id: str) -> DkimKey | None:
-    """The tenant's signing key, chosen as the relay chooses it (`relay.directory.active_key`)."""
+    """The tenant's signing key, chosen as the relay chooses it (`relay.policy.directory.active_key`)."""
     return directory.active_key(store.list_keys(tenant_id))
 
 

@@ -32,7 +32,7 @@ from admin.dnscheck import DnsClient, Question
 from admin.lifecycle import Promotion, Transition
 from admin.notify import status_event
 from admin.records import DnsRecord, records_for
-from relay.models import (
+from relay.core.models import (
     AuditEntry,
     CheckResult,
     CheckStatus,
@@ -42,8 +42,8 @@ from relay.models import (
     Tenant,
     TenantStatus,
 )
-from relay.settings import Settings
-from relay.store import Store, utcnow
+from relay.core.settings import Settings
+from relay.core.store import Store, utcnow
 
 log = logging.getLogger("relay.lifecycle")
 

@@ -50,8 +50,8 @@ from run import (  # noqa: E402
     running_relay,
 )
 
-from relay.models import TenantStatus  # noqa: E402  (run put the repo on sys.path)
-from relay.store import SqliteStore, utcnow  # noqa: E402
+from relay.core.models import TenantStatus  # noqa: E402  (run put the repo on sys.path)
+from relay.core.store import SqliteStore, utcnow  # noqa: E402
 
 HOST = "127.0.0.1"  # the relay and the sink listen here
 NOISY_NET, QUIET_IP = "127.0.0.1/32", "127.0.0.3"

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `python bench/run.py` from anywhere finds relay/
 sys.path.insert(0, str(REPO / "bench"))  # and bench/pgcluster.py, bench/extras.py
 
-from relay.models import TenantStatus  # noqa: E402
-from relay.store import SqliteStore, utcnow  # noqa: E402
+from relay.core.models import TenantStatus  # noqa: E402
+from relay.core.store import SqliteStore, utcnow  # noqa: E402
 
 TENANT, DOMAIN = "example", "example.test"  # smtp-source sends as a@example.test
 LOAD_TOOLS = {"smtp-source", "smtp-sink", "python", "python3"}  # never counted as relay CPU
@@ -158,7 +158,9 @@ def provision(home: Path, database: str | None = None) -> dict[str, str]:
     admin(env, "client", "add", "loadgen", "--tenant", TENANT, "--network", "127.0.0.0/8")
     # No DNS here, so `validate` cannot pass: mark the tenant verified the way validate would.
     if database:
-        from relay.store_pg import PostgresStore  # psycopg only when PostgreSQL is measured
+        from relay.core.store.postgres import (
+            PostgresStore,  # psycopg only when PostgreSQL is measured
+        )
 
         store: Any = PostgresStore(database, create=False)
     else:

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from relay import dkimkeys
-from relay.models import Client, DkimKey, KeyState, Role, Sender, Tenant, TenantStatus, User
-from relay.settings import Settings, load_settings
-from relay.store import Store, open_store, utcnow
+from relay.core import dkimkeys
+from relay.core.models import (
+    Client,
+    DkimKey,
+    KeyState,
+    Role,
+    Sender,
+    Tenant,
+    TenantStatus,
+    User,
+)
+from relay.core.settings import Settings, load_settings
+from relay.core.store import Store, open_store, utcnow
 
 ACCOUNTANT = "carol"
 

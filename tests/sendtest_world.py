@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.dkimkeys import generate_private_key, public_key_b64
-from relay.models import DkimKey, Role, Tenant, TenantStatus, User
-from relay.store import SqliteStore, utcnow
+from relay.core.dkimkeys import generate_private_key, public_key_b64
+from relay.core.models import DkimKey, Role, Tenant, TenantStatus, User
+from relay.core.store import SqliteStore, utcnow
 from tests.conftest import CliResult
 from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text

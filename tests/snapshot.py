@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from relay.store import SqliteStore
+from relay.core.store import SqliteStore
 
 DB_NAME = "relay.db"  # what conftest's relay_env points RELAY_DATABASE at
 KEYS_NAME = "keys"

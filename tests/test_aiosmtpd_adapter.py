@@ -1,4 +1,4 @@
-"""relay.aiosmtpd_adapter against the installed aiosmtpd: every private name it uses exists with the expected
+"""relay.smtp.aiosmtpd_adapter against the installed aiosmtpd: every private name it uses exists with the expected
 parameters, each public name of ours does what aiosmtpd does with it on a real connection, and the pin in
 pyproject.toml is the range this was tested on. A new aiosmtpd that renames or reshapes any of them fails
 here, not in production."""
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from relay.aiosmtpd_adapter import PRIVATE_ATTRIBUTES, PRIVATE_METHODS, AdaptedSMTP
-from relay.models import TenantStatus
-from relay.store import SqliteStore
+from relay.core.models import TenantStatus
+from relay.core.store import SqliteStore
+from relay.smtp.aiosmtpd_adapter import PRIVATE_ATTRIBUTES, PRIVATE_METHODS, AdaptedSMTP
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from openpyxl import Workbook
 
 from admin.export import save_atomically
-from relay.atomicfile import write_atomically
-from relay.dkimkeys import write_private_key
-from relay.upstream import Envelope, Outbox
+from relay.core.atomicfile import write_atomically
+from relay.core.dkimkeys import write_private_key
+from relay.smtp.upstream import Envelope, Outbox
 
 
 @pytest.fixture

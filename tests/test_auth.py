@@ -24,9 +24,9 @@ from admin.auth import (
     user_for_token,
     verify_password,
 )
-from relay import store as store_module
-from relay.models import ApiToken, Role, Sender, Tenant, TenantStatus, User
-from relay.store import SqliteStore, utcnow
+from relay.core.models import ApiToken, Role, Sender, Tenant, TenantStatus, User
+from relay.core.store import SqliteStore, utcnow
+from relay.core.store import sqlite as store_module
 from tests.snapshot import dump_store
 
 PASSWORD = "correct horse battery staple"

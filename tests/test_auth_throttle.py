@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from relay import auththrottle, policy
-from relay.auththrottle import (
+from relay.core.credentials import hash_secret
+from relay.core.models import Client, TenantStatus
+from relay.core.replies import AUTH_BUSY, ReplyError
+from relay.core.store import SqliteStore, utcnow
+from relay.policy import auththrottle
+from relay.policy import senders as policy
+from relay.policy.auththrottle import (
     FIRST_BACKOFF,
     MAX_ADDRESSES,
     MAX_BACKOFF,
@@ -25,12 +30,8 @@ from relay.auththrottle import (
     Verdict,
     address_key,
 )
-from relay.credentials import hash_secret
-from relay.models import Client, TenantStatus
-from relay.policy import AUTH_QUEUE, Authenticator
-from relay.replies import AUTH_BUSY, ReplyError
-from relay.server import RunningRelay
-from relay.store import SqliteStore, utcnow
+from relay.policy.senders import AUTH_QUEUE, Authenticator
+from relay.service.relay import RunningRelay
 from tests.factories import make_tenant
 from tests.relay_harness import RawClient, add_client, make_settings, relay_running
 

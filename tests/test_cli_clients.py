@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from relay.credentials import verify_secret
-from relay.models import Client
+from relay.core.credentials import verify_secret
+from relay.core.models import Client
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_template, open_store, restore_template, state,
+    assert_one_line_error,
+    build_template,
+    open_store,
+    restore_template,
+    state,
 )
 
 Cli = Callable[..., CliResult]

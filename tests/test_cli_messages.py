@@ -10,7 +10,11 @@ import pytest
 from admin.roles import RULES, refusal
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_acme_template, open_store, restore_template, state,
+    assert_one_line_error,
+    build_acme_template,
+    open_store,
+    restore_template,
+    state,
 )
 
 Cli = Callable[..., CliResult]

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from relay.models import Role
+from relay.core.models import Role
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, build_template, open_store, restore_template, state
+from tests.snapshot import (
+    assert_one_line_error,
+    build_template,
+    open_store,
+    restore_template,
+    state,
+)
 
 Cli = Callable[..., CliResult]
 OWNER, STAFF, ADMIN, ACCOUNTANT = "alice", "olga", "dana", "carl"  # dana and carl: acme only

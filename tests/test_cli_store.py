@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, build_template, restore_template, state
+from tests.snapshot import (
+    assert_one_line_error,
+    build_template,
+    restore_template,
+    state,
+)
 
 Cli = Callable[..., CliResult]
 OWNER = "alice"

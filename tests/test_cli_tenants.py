@@ -15,12 +15,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from admin.tenants import set_tenant
-from relay.dkimkeys import public_key_b64
-from relay.models import CheckResult, CheckStatus, KeyState, Sender, TenantStatus
-from relay.store import StoreError, utcnow
+from relay.core.dkimkeys import public_key_b64
+from relay.core.models import CheckResult, CheckStatus, KeyState, Sender, TenantStatus
+from relay.core.store import StoreError, utcnow
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_acme_template, open_store, restore_template, state,
+    assert_one_line_error,
+    build_acme_template,
+    open_store,
+    restore_template,
+    state,
 )
 
 Cli = Callable[..., CliResult]

@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from admin.auth import user_for_token, verify_password
-from relay.models import Role
+from relay.core.models import Role
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, build_template, dump_store, open_store, restore_template, state
+from tests.snapshot import (
+    assert_one_line_error,
+    build_template,
+    dump_store,
+    open_store,
+    restore_template,
+    state,
+)
 
 Cli = Callable[..., CliResult]
 OWNER, STAFF, ADMIN, ACCOUNTANT, OTHER = "alice", "olga", "dana", "carl", "cora"  # dana, carl, cora: acme

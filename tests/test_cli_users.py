@@ -11,8 +11,8 @@ import pytest
 
 from admin.auth import authenticate_password, verify_password
 from admin.context import BOOTSTRAP_ACTOR
-from relay.models import Role
-from relay.store import utcnow
+from relay.core.models import Role
+from relay.core.store import utcnow
 from tests.conftest import CliResult
 from tests.snapshot import assert_one_line_error, open_store, state
 

@@ -431,7 +431,7 @@ def test_parser_reads_continuations_comments_flags_and_exec_form() -> None:
 def test_dockerignore_matches_as_docker_does() -> None:
     ignore = DockerIgnore.parse("*\n!relay\n**/__pycache__\n!keep/**/x.txt\n/var\n")
     assert ignore.excluded("README.md") and ignore.excluded("tests/x.py")
-    assert not ignore.excluded("relay/main.py")
+    assert not ignore.excluded("relay/service/main.py")
     assert ignore.excluded("relay/__pycache__/main.cpython-311.pyc")
     assert not ignore.excluded("keep/a/b/x.txt") and not ignore.excluded("keep/x.txt")
     assert ignore.excluded("keep/a/y.txt")
@@ -475,7 +475,7 @@ def test_dockerignore_keeps_secrets_and_bulk_out_of_the_context(ignore: DockerIg
                  ".mypy_cache/3.11/x.json", ".pytest_cache/v/x", "accounton_relay.egg-info/PKG-INFO",
                  "dns/acme.nl.zone", "acme-dns.xlsx", "compose.yaml", "tests/test_container.py"):
         assert ignore.excluded(path), f"{path} would be sent to the builder"
-    for path in ("pyproject.toml", "README.md", "LICENSE", "relay/main.py", "admin/web/templates/base.html",
+    for path in ("pyproject.toml", "README.md", "LICENSE", "relay/service/main.py", "admin/web/templates/base.html",
                  "admin/web/static/relay.css", "admin/web/locales/nl.json", "relay/py.typed"):
         assert not ignore.excluded(path), f"{path} is needed by the build but left out"
 
@@ -662,7 +662,7 @@ def test_wheel_holds_everything_the_runtime_reads(built: Built) -> None:
         names = set(wheel.namelist())
         [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = wheel.read(entry_points).decode()
-    assert "relay = relay.main:run" in scripts and "relay-admin = admin.cli:run" in scripts
+    assert "relay = relay.service.main:run" in scripts and "relay-admin = admin.cli:run" in scripts
     for needed in ("relay/py.typed", "admin/py.typed", "admin/web/templates/settings.html",
                    "admin/web/templates/login.html", "admin/web/static/relay.css", "admin/web/static/page.js",
                    "admin/web/locales/nl.json", "admin/web/locales/en.json", "admin/web/locales/fr.json"):
@@ -717,7 +717,7 @@ class RelayRun:
 @pytest.fixture(scope="module")
 def relay_run(built: Built) -> Iterator[RelayRun]:
     """`relay` (the image's CMD) on a fresh /data and /keys, health-checked, then stopped with STOPSIGNAL."""
-    from relay.settings import parse_duration
+    from relay.core.settings import parse_duration
 
     cmd = built.runtime.last("CMD")
     health = built.runtime.last("HEALTHCHECK")
@@ -978,7 +978,7 @@ def test_published_host_ports_are_distinct_and_exposed(compose: dict[str, Any], 
 
 
 def test_relays_get_longer_to_stop_than_their_drain(compose: dict[str, Any]) -> None:
-    from relay.settings import Settings, parse_duration
+    from relay.core.settings import Settings, parse_duration
 
     for name in RELAYS:
         service = compose["services"][name]
@@ -1012,7 +1012,7 @@ def test_each_service_environment_is_accepted_by_the_relay(
         name: str, compose: dict[str, Any], runtime: Stage, monkeypatch: pytest.MonkeyPatch) -> None:
     """The image's ENV under the service's environment, read by the relay's own settings, also with an
     SMTP upstream (which needs RELAY_HOSTNAME to be a dotted FQDN)."""
-    from relay.settings import load_settings
+    from relay.core.settings import load_settings
 
     for variable in list(os.environ):
         if variable.startswith("RELAY_"):

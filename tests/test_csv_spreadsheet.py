@@ -20,9 +20,9 @@ import openpyxl
 from openpyxl.cell.cell import Cell, MergedCell
 
 from admin.render import CSV_FIELDS
-from relay.models import KeyState
-from relay.settings import Settings
-from relay.store import Store
+from relay.core.models import KeyState
+from relay.core.settings import Settings
+from relay.core.store import Store
 from tests.conftest import CliResult
 from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 from tests.office import convert

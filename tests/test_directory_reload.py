@@ -10,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from relay.directory import Snapshot, changes
-from relay.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
-from relay.store import SqliteStore, utcnow
+from relay.core.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.core.store import SqliteStore, utcnow
+from relay.policy.directory import Snapshot, changes
 from tests.conftest import CliResult
 from tests.factories import make_tenant
-from tests.relay_harness import RawClient, add_client, eventually, make_settings, relay_running, send
+from tests.relay_harness import (
+    RawClient,
+    add_client,
+    eventually,
+    make_settings,
+    relay_running,
+    send,
+)
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: R\r\n\r\nBody.\r\n"
 

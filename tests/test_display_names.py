@@ -16,10 +16,10 @@ import pytest
 
 from admin import inputs
 from admin.context import UsageError
-from relay.mailbox import mailbox_field
-from relay.models import Sender, Tenant, TenantStatus
-from relay.policy import decide_identity
-from relay.rewrite import Identity, rewrite_headers
+from relay.core.models import Sender, Tenant, TenantStatus
+from relay.mail.mailbox import mailbox_field
+from relay.mail.rewrite import Identity, rewrite_headers
+from relay.policy.senders import decide_identity
 from tests.conftest import CliResult
 
 ADDRESS = "billing@acme.test"

@@ -16,8 +16,8 @@ from admin.dnscheck import Answer, DnsError, Failure, NoData, Question, Record
 from admin.records import dkim_value, records_for
 from admin.taglist import TagListError, parse_tag_list
 from admin.validation import COULD_NOT_CHECK, NOT_VERIFIED, VERIFIED, outcome_of
-from relay import dkimkeys
-from relay.models import CheckResult, CheckStatus, Sender
+from relay.core import dkimkeys
+from relay.core.models import CheckResult, CheckStatus, Sender
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from relay.models import TenantStatus
-from relay.server import RunningRelay
-from relay.settings import HostPort, Settings
-from relay.store import SqliteStore
+from relay.core.models import TenantStatus
+from relay.core.settings import HostPort, Settings
+from relay.core.store import SqliteStore
+from relay.service.relay import RunningRelay
 from tests.factories import make_tenant
-from tests.relay_harness import RCPT, Outcome, _send_sync, add_client, make_settings, relay_running
+from tests.relay_harness import (
+    RCPT,
+    Outcome,
+    _send_sync,
+    add_client,
+    make_settings,
+    relay_running,
+)
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: dual stack\r\n\r\nBody.\r\n"
 
@@ -38,8 +45,8 @@ pytestmark = pytest.mark.skipif(not _ipv6_works(), reason="this machine has no I
 
 
 def dual_stack_socket() -> socket.socket:
-    """`[::]:0` as relay.main binds RELAY_LISTEN=[::]:PORT: one AF_INET6 socket that IPv4 clients reach too
-    (IPV6_V6ONLY off, the Linux default that relay.main relies on)."""
+    """`[::]:0` as relay.service.main binds RELAY_LISTEN=[::]:PORT: one AF_INET6 socket that IPv4 clients reach too
+    (IPV6_V6ONLY off, the Linux default that relay.service.main relies on)."""
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

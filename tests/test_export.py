@@ -21,9 +21,9 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from admin.export_texts import LANGUAGES, ExportTexts
-from relay.models import CheckResult, CheckStatus, Role
-from relay.settings import Settings
-from relay.store import Store
+from relay.core.models import CheckResult, CheckStatus, Role
+from relay.core.settings import Settings
+from relay.core.store import Store
 from tests.conftest import CliResult
 from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 

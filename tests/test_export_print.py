@@ -18,10 +18,10 @@ from pathlib import Path
 import openpyxl
 
 from admin.export_texts import LANGUAGES, ExportTexts
-from relay import dkimkeys
-from relay.models import CheckResult, CheckStatus, DkimKey, KeyState
-from relay.settings import Settings
-from relay.store import Store
+from relay.core import dkimkeys
+from relay.core.models import CheckResult, CheckStatus, DkimKey, KeyState
+from relay.core.settings import Settings
+from relay.core.store import Store
 from tests.conftest import CliResult
 from tests.factories import ACCOUNTANT, make_tenant, settings, store  # noqa: F401 (fixtures)
 from tests.office import Word, convert, font_names, page_count, page_text, page_words

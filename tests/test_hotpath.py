@@ -17,15 +17,15 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-from relay.limits import ConnectionCounter
-from relay.models import TenantStatus
-from relay.replies import SMUGGLING, TOO_BIG, Reply, ReplyError
-from relay.server import CALL_LIMITS, Hooks, RelaySMTP, RunningRelay
-from relay.settings import Settings
-from relay.replies import LINE_TOO_LONG
-from relay.smtpdata import END, STREAM_LIMIT, DataReader, read_data
-from relay.store import SqliteStore
-from relay.upstream import _dot_stuffed
+from relay.core.models import TenantStatus
+from relay.core.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
+from relay.core.settings import Settings
+from relay.core.store import SqliteStore
+from relay.mail.smtpdata import END, STREAM_LIMIT, DataReader, read_data
+from relay.service.relay import RunningRelay
+from relay.smtp.limits import ConnectionCounter
+from relay.smtp.server import CALL_LIMITS, Hooks, RelaySMTP
+from relay.smtp.upstream import _dot_stuffed
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,

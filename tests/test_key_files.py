@@ -13,14 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from relay import dkimkeys
-from relay.directory import Directory, KeyProblem
-from relay.models import DkimKey, TenantStatus
-from relay.settings import Settings
-from relay.signer import DkimSigner
-from relay.store import SqliteStore
+from relay.core import dkimkeys
+from relay.core.models import DkimKey, TenantStatus
+from relay.core.settings import Settings
+from relay.core.store import SqliteStore
+from relay.mail.signer import DkimSigner
+from relay.policy.directory import Directory, KeyProblem
 from tests.factories import make_tenant
-from tests.relay_harness import RecordingUpstream, add_client, make_settings, relay_running, send, smtp_upstream
+from tests.relay_harness import (
+    RecordingUpstream,
+    add_client,
+    make_settings,
+    relay_running,
+    send,
+    smtp_upstream,
+)
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: S\r\n\r\nBody.\r\n"
 

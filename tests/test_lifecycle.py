@@ -15,7 +15,15 @@ from admin.lifecycle import (
     promotion,
     wait_after,
 )
-from relay.models import CheckResult, CheckStatus, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.core.models import (
+    CheckResult,
+    CheckStatus,
+    DkimKey,
+    KeyState,
+    Sender,
+    Tenant,
+    TenantStatus,
+)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 GRACE = timedelta(hours=72)

@@ -1,4 +1,4 @@
-"""Logs (relay.logs): RELAY_LOG_FORMAT=json makes every line the relay and the admin server write one JSON
+"""Logs (relay.core.logs): RELAY_LOG_FORMAT=json makes every line the relay and the admin server write one JSON
 object, with one line per transaction; no secret and no message content in any line of a busy run; in
 text, nothing a client sends can start a log line of its own."""
 
@@ -20,9 +20,16 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.logs import CONTINUATION, JsonFormatter, TextFormatter, configure, escape_controls, fields
-from relay.models import TenantStatus
-from relay.store import SqliteStore
+from relay.core.logs import (
+    CONTINUATION,
+    JsonFormatter,
+    TextFormatter,
+    configure,
+    escape_controls,
+    fields,
+)
+from relay.core.models import TenantStatus
+from relay.core.store import SqliteStore
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RCPT,
@@ -201,7 +208,7 @@ async def test_a_busy_json_run_writes_only_json_and_no_secret(site: Site) -> Non
             with ThreadPoolExecutor(8) as pool:
                 codes = await asyncio.gather(*(loop.run_in_executor(pool, _attempt, port, *attempt, number)
                                                for number, attempt in enumerate(plan)))
-                # Then wrong passwords, fewer than relay.auththrottle lets pass before it holds an address back.
+                # Then wrong passwords, fewer than relay.policy.auththrottle lets pass before it holds an address back.
                 for number in range(4):
                     mechanism = "LOGIN" if number % 2 else "PLAIN"
                     codes.append(await loop.run_in_executor(pool, _attempt, port, "billing", WRONG_PASSWORD,
@@ -297,7 +304,7 @@ def test_the_admin_server_escapes_a_path_in_text(tmp_path: Path) -> None:
 
 
 def test_nothing_bypasses_the_formatter() -> None:
-    """The relay's own modules write through logging (or relay.logs.line), never print to stderr."""
+    """The relay's own modules write through logging (or relay.core.logs.line), never print to stderr."""
     root = Path(__file__).resolve().parent.parent / "relay"
     offenders = [path.name for path in root.glob("*.py") if "file=sys.stderr" in path.read_text()]
     assert offenders == [], offenders

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from relay.message import normalise_data, split_header_body
-from relay.replies import BAD_HEADER, NUL_BYTES, SMUGGLING, ReplyError
+from relay.core.replies import BAD_HEADER, NUL_BYTES, SMUGGLING, ReplyError
+from relay.mail.message import normalise_data, split_header_body
 
 HEAD = b"Subject: x\r\n\r\nfirst line"
 TAIL = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\n"

@@ -1,4 +1,4 @@
-"""Metrics and health (relay.metrics): what each stage counts, the /readyz rule, prometheus-client's
+"""Metrics and health (relay.service.metrics): what each stage counts, the /readyz rule, prometheus-client's
 multiprocess mode, and one scrape summing two real worker processes."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, values
 
-from relay import metrics as metrics_module
-from relay.metrics import Metrics, MetricsServer, readiness
-from relay.revalidator import Revalidator
-from relay.settings import HostPort, SettingsError, load_settings
-from relay.store import SqliteStore
+from relay.core.metrics import Metrics
+from relay.core.settings import HostPort, SettingsError, load_settings
+from relay.core.store import SqliteStore
+from relay.service import metrics as metrics_module
+from relay.service.metrics import MetricsServer, readiness
+from relay.service.revalidator import Revalidator
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RCPT,
@@ -38,9 +39,9 @@ from tests.relay_harness import (
     make_settings,
     process_env,
     relay_running,
-    verified_acme,
     send,
     smtp_upstream,
+    verified_acme,
 )
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Count me\r\n\r\nBody.\r\n"
@@ -131,7 +132,7 @@ def test_an_upstream_failure_counts_for_a_minute_or_until_an_answer() -> None:
 
 
 def test_multiprocess_mode_writes_values_to_files_and_adds_them_up() -> None:
-    """relay.metrics switches prometheus-client's value class after import: this fails if that stops working."""
+    """relay.service.metrics switches prometheus-client's value class after import: this fails if that stops working."""
     saved = os.environ.pop(metrics_module.MULTIPROC_VARIABLE, None)
     path = metrics_module.enable_multiprocess()
     try:

@@ -15,9 +15,9 @@ import pytest
 
 from admin import notify
 from admin.notify import deliver_due, retry_at, sign, verify_signature
-from relay.models import TenantStatus
-from relay.settings import load_settings
-from relay.store import Notification, utcnow
+from relay.core.models import TenantStatus
+from relay.core.settings import load_settings
+from relay.core.store import Notification, utcnow
 from tests.nsd import zone_text
 from tests.test_validate import Cli, Site, make_site
 

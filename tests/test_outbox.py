@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relay.upstream import Envelope, Outbox, OutboxReply
+from relay.smtp.upstream import Envelope, Outbox, OutboxReply
 
 
 async def test_outbox_reply_carries_the_file_it_wrote(tmp_path: Path) -> None:

@@ -12,18 +12,31 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.receiver import Check, DnsAnswer, ResolverLookup, Result, Verdict, judge, outbox_envelope
+from admin.receiver import (
+    Check,
+    DnsAnswer,
+    ResolverLookup,
+    Result,
+    Verdict,
+    judge,
+    outbox_envelope,
+)
 from admin.receiver.dkimcheck import DkimOutcome
 from admin.receiver.dmarc import (
-    DmarcRecordError, Published, check_dmarc, find_org_domain, read_policy, walk_names,
+    DmarcRecordError,
+    Published,
+    check_dmarc,
+    find_org_domain,
+    read_policy,
+    walk_names,
 )
 from admin.receiver.judge import author_domain
 from admin.receiver.spf import check_spf
 from admin.receiver.spfrecord import MacroContext, SpfSyntaxError, expand, is_spf, parse
-from relay.dkimkeys import generate_private_key, public_key_b64
-from relay.settings import load_settings
-from relay.signer import DkimSigner
-from relay.upstream import Envelope, Outbox, OutboxReply
+from relay.core.dkimkeys import generate_private_key, public_key_b64
+from relay.core.settings import load_settings
+from relay.mail.signer import DkimSigner
+from relay.smtp.upstream import Envelope, Outbox, OutboxReply
 from tests.nsd import Nsd, zone_text
 
 SERVFAIL = "SERVFAIL"

@@ -22,10 +22,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from admin.render import quote_txt, split_txt
-from relay import dkimkeys
-from relay.models import DkimKey, KeyState, Role, Sender, Tenant, TenantStatus, User
-from relay.settings import load_settings
-from relay.store import Store, open_store
+from relay.core import dkimkeys
+from relay.core.models import (
+    DkimKey,
+    KeyState,
+    Role,
+    Sender,
+    Tenant,
+    TenantStatus,
+    User,
+)
+from relay.core.settings import load_settings
+from relay.core.store import Store, open_store
 from tests.conftest import CliResult
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -14,9 +14,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from relay.models import DkimKey, Tenant, TenantStatus
-from relay.settings import Settings
-from relay.store import SqliteStore
+from relay.core.models import DkimKey, Tenant, TenantStatus
+from relay.core.settings import Settings
+from relay.core.store import SqliteStore
 from tests.factories import make_tenant
 from tests.nsd import Nsd
 from tests.peers import require_binary

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from relay.fairness import TenantGate, gate_wait_budget
-from relay.replies import TENANT_BUSY
-from relay.models import TenantStatus
-from relay.rdns import ReverseDns
-from relay.replies import Reply, ReplyError
-from relay.settings import Settings, SettingsError, load_settings
-from relay.store import SqliteStore
-from relay.upstream import Envelope, Upstream, make_upstream
+from relay.core.models import TenantStatus
+from relay.core.replies import TENANT_BUSY, Reply, ReplyError
+from relay.core.settings import Settings, SettingsError, load_settings
+from relay.core.store import SqliteStore
+from relay.policy.rdns import ReverseDns
+from relay.smtp.fairness import TenantGate, gate_wait_budget
+from relay.smtp.upstream import Envelope, Upstream, make_upstream
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,

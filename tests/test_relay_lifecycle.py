@@ -1,4 +1,4 @@
-"""The relay's own re-validation (relay/revalidator.py) against NSD, and its snapshot read in one transaction.
+"""The relay's own re-validation (relay/service/revalidator.py) against NSD, and its snapshot read in one transaction.
 
 A running relay re-checks its tenants every RELAY_REVALIDATE_INTERVAL: a removed DKIM record degrades
 the tenant (mail still as itself), with RELAY_GRACE=0s fails it (mail as the platform sender), and the
@@ -27,13 +27,13 @@ from admin.notify import verify_signature
 from admin.records import records_for
 from admin.revalidation import due_tenant_ids
 from admin.tenants import set_tenant
-from relay import revalidator as revalidator_module
-from relay.directory import Directory
-from relay.models import DkimKey, Sender, Tenant, TenantStatus
-from relay.revalidator import Revalidator, tick_for
-from relay.server import RunningRelay
-from relay.settings import HostPort, Settings
-from relay.store import SqliteStore, StoreError, StoreMissing, utcnow
+from relay.core.models import DkimKey, Sender, Tenant, TenantStatus
+from relay.core.settings import HostPort, Settings
+from relay.core.store import SqliteStore, StoreError, StoreMissing, utcnow
+from relay.policy.directory import Directory
+from relay.service import revalidator as revalidator_module
+from relay.service.relay import RunningRelay
+from relay.service.revalidator import Revalidator, tick_for
 from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text
 from tests.relay_harness import (

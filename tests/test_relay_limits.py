@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from relay.limits import ConnectionCounter, admits
-from relay.server import RunningRelay
-from relay.settings import SettingsError, load_settings
-from relay.store import SqliteStore
+from relay.core.settings import SettingsError, load_settings
+from relay.core.store import SqliteStore
+from relay.service.relay import RunningRelay
+from relay.smtp.limits import ConnectionCounter, admits
 from tests.relay_harness import eventually, make_settings, relay_running, self_signed
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import dkim
 import pytest
 
-from relay.models import DkimKey, TenantStatus
-from relay.server import RunningRelay
-from relay.settings import Settings
-from relay.store import SqliteStore
+from relay.core.models import DkimKey, TenantStatus
+from relay.core.settings import Settings
+from relay.core.store import SqliteStore
+from relay.service.relay import RunningRelay
 from tests.factories import make_client, make_tenant
 from tests.relay_harness import (
     RawClient,

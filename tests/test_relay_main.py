@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.main import banner, check_store
-from relay.models import TenantStatus
-from relay.settings import Upstream
-from relay.store import SqliteStore
+from relay.core.models import TenantStatus
+from relay.core.settings import Upstream
+from relay.core.store import SqliteStore
+from relay.service.main import banner, check_store
 from tests.conftest import CliResult
 from tests.factories import make_tenant
 from tests.relay_harness import (

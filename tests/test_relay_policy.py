@@ -8,10 +8,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay import policy
-from relay.credentials import hash_secret, verify_secret
-from relay.models import Client, Sender, Tenant, TenantStatus
-from relay.policy import (
+from relay.core.credentials import hash_secret, verify_secret
+from relay.core.models import Client, Sender, Tenant, TenantStatus
+from relay.core.replies import (
+    LINE_TOO_LONG,
+    SMUGGLING,
+    TENANT_NOT_VERIFIED,
+    TOO_BIG,
+    ReplyError,
+)
+from relay.core.transaction import Peer, Transaction, received_field
+from relay.mail.smtpdata import DataReader
+from relay.policy import senders as policy
+from relay.policy.rdns import ReverseDns
+from relay.policy.senders import (
     Authenticator,
     auth_allowed,
     check_recipient,
@@ -20,13 +30,8 @@ from relay.policy import (
     network_client,
     tenant_header_values,
 )
-from relay.limits import ConnectionCounter
-from relay.rdns import ReverseDns
-from relay.replies import SMUGGLING, TENANT_NOT_VERIFIED, TOO_BIG, ReplyError
-from relay.replies import LINE_TOO_LONG
-from relay.smtpdata import DataReader
-from relay.transaction import Peer, Transaction, received_field
-from relay.upstream import upstream_reply
+from relay.smtp.limits import ConnectionCounter
+from relay.smtp.upstream import upstream_reply
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 

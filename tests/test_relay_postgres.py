@@ -17,11 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from relay.models import TenantStatus
-from relay.store_pg import PostgresStore
+from relay.core.models import TenantStatus
+from relay.core.store.postgres import PostgresStore
 from tests.factories import make_tenant
 from tests.postgres import Cluster, require_postgres
-from tests.relay_harness import RelayProcess, add_client, make_settings, process_env, run_admin
+from tests.relay_harness import (
+    RelayProcess,
+    add_client,
+    make_settings,
+    process_env,
+    run_admin,
+)
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: S\r\n\r\nBody.\r\n"
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from relay import server as relay_server
-from relay.models import TenantStatus
-from relay.replies import Reply
-from relay.settings import Settings, Upstream
-from relay.store import SqliteStore
-from relay.upstream import Envelope
+from relay.core.models import TenantStatus
+from relay.core.replies import Reply
+from relay.core.settings import Settings, Upstream
+from relay.core.store import SqliteStore
+from relay.smtp import server as relay_server
+from relay.smtp.upstream import Envelope
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,
@@ -277,7 +277,7 @@ async def test_r7_unhandled_exception_in_a_hook_is_451_not_500(world: World,
 
 
 def test_r5_upstream_budget_must_end_before_the_session(tmp_path: Path) -> None:
-    from relay.settings import SettingsError, load_settings
+    from relay.core.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match="RELAY_UPSTREAM_TIMEOUT"):
         load_settings(upstream_timeout=300, session_timeout=300)

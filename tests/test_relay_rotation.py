@@ -12,15 +12,22 @@ from datetime import timedelta
 
 import dkim
 
+from admin.dnscheck import DnsClient
 from admin.records import records_for
 from admin.rotation import rotate_key
 from admin.validation import validate_tenant
-from admin.dnscheck import DnsClient
-from relay.models import KeyState, TenantStatus
-from relay.store import utcnow
+from relay.core.models import KeyState, TenantStatus
+from relay.core.store import utcnow
 from tests.nsd import zone_text
 from tests.relay_harness import eventually, nsd_txt
-from tests.test_relay_lifecycle import WAIT, World, dkim_tags, relay_with_upstream, sent, world  # noqa: F401
+from tests.test_relay_lifecycle import (  # noqa: F401
+    WAIT,
+    World,
+    dkim_tags,
+    relay_with_upstream,
+    sent,
+    world,
+)
 from tests.test_validate import txt
 
 

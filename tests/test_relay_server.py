@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import dkimkeys
-from relay.models import KeyState, TenantStatus
-from relay.settings import HostPort, Settings
-from relay.store import SqliteStore
+from relay.core import dkimkeys
+from relay.core.models import KeyState, TenantStatus
+from relay.core.settings import HostPort, Settings
+from relay.core.store import SqliteStore
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import SqliteStore
+from relay.core.store import SqliteStore
 from tests.relay_harness import (
-    RELAY_SCRIPT,
     RCPT,
+    RELAY_SCRIPT,
     RawClient,
     RecordingUpstream,
     RelayProcess,
@@ -27,8 +27,8 @@ from tests.relay_harness import (
     make_settings,
     process_env,
     relay_running,
-    verified_acme,
     smtp_upstream,
+    verified_acme,
 )
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Stop\r\n\r\nBody.\r\n"

@@ -15,13 +15,21 @@ from admin import revalidation
 from admin.dnscheck import DnsClient, Finding, Question
 from admin.revalidation import revalidate
 from admin.validation import LEASE_LOST, LEASED, lease_name, validate_tenant
-from relay import dkimkeys
-from relay.models import DkimKey, KeyState, TenantStatus
-from relay.settings import Settings, load_settings
-from relay.store import SqliteStore, Store, utcnow
+from relay.core import dkimkeys
+from relay.core.models import DkimKey, KeyState, TenantStatus
+from relay.core.settings import Settings, load_settings
+from relay.core.store import SqliteStore, Store, utcnow
 from tests.factories import make_tenant
 from tests.nsd import zone_text
-from tests.test_validate import Cli, Site, check, make_site, silent_server, txt, validate
+from tests.test_validate import (
+    Cli,
+    Site,
+    check,
+    make_site,
+    silent_server,
+    txt,
+    validate,
+)
 
 __all__ = ["make_site", "silent_server"]  # fixtures, imported for pytest
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from admin.receiver import outbox_envelope
-from relay.mailbox import first_address
-from relay.replies import BAD_HEADER, ReplyError
-from relay.rewrite import Identity, rewrite_headers
-from relay.upstream import Envelope, Outbox, OutboxReply
+from relay.core.replies import BAD_HEADER, ReplyError
+from relay.mail.mailbox import first_address
+from relay.mail.rewrite import Identity, rewrite_headers
+from relay.smtp.upstream import Envelope, Outbox, OutboxReply
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 RECEIVED = b"Received: from app1 (app1.internal [10.0.0.5])\r\n\tby relay.test; Fri, 14 Mar 2025 09:26:53 +0000\r\n"

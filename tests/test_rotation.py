@@ -19,12 +19,17 @@ from admin.commands.rotate_key import duration_words
 from admin.export_texts import LANGUAGES
 from admin.records import in_lifecycle_order
 from admin.rotation import rotate_key
-from relay import directory, dkimkeys
-from relay.models import DkimKey, KeyState
-from relay.store import StoreError, utcnow
+from relay.core import dkimkeys
+from relay.core.models import DkimKey, KeyState
+from relay.core.store import StoreError, utcnow
+from relay.policy import directory
 from tests.conftest import CliResult
 from tests.snapshot import (
-    assert_one_line_error, build_acme_template, open_store, restore_template, state,
+    assert_one_line_error,
+    build_acme_template,
+    open_store,
+    restore_template,
+    state,
 )
 
 Cli = Callable[..., CliResult]

@@ -15,10 +15,10 @@ import pytest
 
 from admin.records import in_lifecycle_order
 from admin.validation import validate_tenant
-from relay import directory
-from relay.models import DkimKey, KeyState, TenantStatus
-from relay.settings import load_settings
-from relay.store import SqliteStore, utcnow
+from relay.core.models import DkimKey, KeyState, TenantStatus
+from relay.core.settings import load_settings
+from relay.core.store import SqliteStore, utcnow
+from relay.policy import directory
 from tests.conftest import CliResult
 from tests.nsd import Nsd, zone_text
 

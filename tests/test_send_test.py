@@ -19,17 +19,32 @@ import dkim
 import pytest
 
 from admin.sendtest import IN_PROCESS_CLIENT, synthetic_client
-from relay.directory import Directory
-from relay.pipeline import Pipeline
-from relay.policy import decide_tenant
-from relay.replies import TENANT_OUT_OF_SCOPE
-from relay.replies import INTERNAL_ERROR, ReplyError
-from relay.store import SqliteStore, utcnow
-from relay.transaction import Peer, Transaction
-from relay.upstream import make_upstream
+from relay.core.replies import INTERNAL_ERROR, TENANT_OUT_OF_SCOPE, ReplyError
+from relay.core.store import SqliteStore, utcnow
+from relay.core.transaction import Peer, Transaction
+from relay.policy.directory import Directory
+from relay.policy.senders import decide_tenant
+from relay.smtp.pipeline import Pipeline
+from relay.smtp.upstream import make_upstream
 from tests.conftest import CliResult
-from tests.relay_harness import RecordingUpstream, Script, ScriptedUpstream, make_settings, nsd_txt, values
-from tests.sendtest_world import ACCOUNTANT, OWNER, RCPT, Cli, World, build_world, check_lines, outbox
+from tests.relay_harness import (
+    RecordingUpstream,
+    Script,
+    ScriptedUpstream,
+    make_settings,
+    nsd_txt,
+    values,
+)
+from tests.sendtest_world import (
+    ACCOUNTANT,
+    OWNER,
+    RCPT,
+    Cli,
+    World,
+    build_world,
+    check_lines,
+    outbox,
+)
 from tests.sendtest_world import send_test as send_test_any
 from tests.snapshot import assert_one_line_error, restore_template, state
 

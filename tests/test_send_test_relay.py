@@ -20,9 +20,9 @@ import dkim
 import pytest
 
 from admin.sendtest_client import RETIRED, SEND_TEST_CLIENT
-from relay.credentials import hash_secret, new_secret, verify_secret
-from relay.server import RunningRelay
-from relay.store import SqliteStore
+from relay.core.credentials import hash_secret, new_secret, verify_secret
+from relay.core.store import SqliteStore
+from relay.service.relay import RunningRelay
 from tests.factories import make_client
 from tests.relay_harness import (
     RecordingUpstream,

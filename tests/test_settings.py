@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.settings import HostPort, SettingsError, load_settings, parse_duration
+from relay.core.settings import HostPort, SettingsError, load_settings, parse_duration
 from tests.conftest import CliResult
 
 BAD_VALUES: list[tuple[str, str]] = [

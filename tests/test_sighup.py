@@ -1,4 +1,4 @@
-"""SIGHUP (relay.reload): settings that can change live and keys are taken on at once, others are named
+"""SIGHUP (relay.service.reload): settings that can change live and keys are taken on at once, others are named
 as waiting for a restart, and no session drops: one open across the signal completes a message."""
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from pathlib import Path
 import dkim
 import pytest
 
-from relay import reload
-from relay.models import DkimKey
-from relay.reload import plan
-from relay.settings import HostPort, SettingsError, Upstream, load_settings
-from relay.store import SqliteStore
-from tests.test_metrics import until
+from relay.core.models import DkimKey
+from relay.core.settings import HostPort, SettingsError, Upstream, load_settings
+from relay.core.store import SqliteStore
+from relay.service import reload
+from relay.service.reload import plan
 from tests.relay_harness import (
     RCPT,
     RELAY_SCRIPT,
@@ -29,9 +28,10 @@ from tests.relay_harness import (
     make_settings,
     process_env,
     relay_running,
-    verified_acme,
     send,
+    verified_acme,
 )
+from tests.test_metrics import until
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Reload\r\n\r\nBody.\r\n"
 

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
 
-from relay.dkimkeys import generate_private_key, public_key_b64
-from relay.message import normalise_data
-from relay.replies import KEY_UNAVAILABLE, ReplyError
-from relay.rewrite import Identity, rewrite_headers
-from relay.signer import DkimSigner, SigningKeyError, relaxed_body, relaxed_header
+from relay.core.dkimkeys import generate_private_key, public_key_b64
+from relay.core.replies import KEY_UNAVAILABLE, ReplyError
+from relay.mail.message import normalise_data
+from relay.mail.rewrite import Identity, rewrite_headers
+from relay.mail.signer import DkimSigner, SigningKeyError, relaxed_body, relaxed_header
 
 DOMAIN, SELECTOR = "acme.test", "ar20250314abcdef"
 DnsFunc = Callable[..., bytes | None]

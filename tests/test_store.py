@@ -14,12 +14,29 @@ from typing import Any
 
 import pytest
 
-from relay import store as store_module
-from relay.models import (
-    ApiToken, AuditEntry, CheckResult, CheckStatus, Client, DkimKey, KeyState, Role, Sender, Tenant,
-    TenantStatus, User,
+from relay.core.models import (
+    ApiToken,
+    AuditEntry,
+    CheckResult,
+    CheckStatus,
+    Client,
+    DkimKey,
+    KeyState,
+    Role,
+    Sender,
+    Tenant,
+    TenantStatus,
+    User,
 )
-from relay.store import SCHEMA_VERSION, SqliteStore, Store, StoreError, WebSession, utcnow
+from relay.core.store import (
+    SCHEMA_VERSION,
+    SqliteStore,
+    Store,
+    StoreError,
+    WebSession,
+    utcnow,
+)
+from relay.core.store import sqlite as store_module
 from tests.postgres import dump_database
 from tests.snapshot import dump_store
 
@@ -42,7 +59,7 @@ class Backend:
 def backend(request: pytest.FixtureRequest, db_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", lambda: SqliteStore(db_path), lambda: dump_store(db_path))
-    from relay.store_pg import PostgresStore
+    from relay.core.store.postgres import PostgresStore
 
     url: str = request.getfixturevalue("pg_url")  # a fresh database in the session's cluster
     return Backend("postgres", lambda: PostgresStore(url), lambda: dump_database(url))
@@ -376,7 +393,7 @@ def test_read_snapshot_is_what_the_relay_serves(store: Store) -> None:
 
 def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     """Client secret hashes, web sessions and token hashes are in it: 0600, WAL files alike."""
-    from relay.store import SqliteStore
+    from relay.core.store import SqliteStore
 
     store = SqliteStore(tmp_path / "var" / "relay.db")
     try:

@@ -21,12 +21,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay import store as store_module
-from relay import store_pg
-from relay.models import AuditEntry, Sender, Tenant, TenantStatus
-from relay.settings import SettingsError, load_settings
-from relay.store import SCHEMA_VERSION, SqliteStore, StoreError, StoreMissing, open_store, store_location, utcnow
-from relay.store_pg import PG_MIGRATIONS, PostgresStore, Timeouts, redact
+from relay.core.models import AuditEntry, Sender, Tenant, TenantStatus
+from relay.core.settings import SettingsError, load_settings
+from relay.core.store import (
+    SCHEMA_VERSION,
+    SqliteStore,
+    StoreError,
+    StoreMissing,
+    open_store,
+    store_location,
+    utcnow,
+)
+from relay.core.store import postgres as store_pg
+from relay.core.store import sqlite as store_module
+from relay.core.store.postgres import PG_MIGRATIONS, PostgresStore, Timeouts, redact
 from tests.conftest import CliResult
 from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text

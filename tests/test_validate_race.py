@@ -13,9 +13,9 @@ import pytest
 from admin.dnscheck import DnsClient, Finding, Question
 from admin.tenants import set_tenant
 from admin.validation import CHANGED_DURING_CHECK, validate_tenant
-from relay.models import KeyState, Sender, TenantStatus
-from relay.settings import Settings, load_settings
-from relay.store import SqliteStore
+from relay.core.models import KeyState, Sender, TenantStatus
+from relay.core.settings import Settings, load_settings
+from relay.core.store import SqliteStore
 from tests.test_revalidate import next_key
 from tests.test_validate import Cli, Site, make_site
 

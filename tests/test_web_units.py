@@ -99,7 +99,7 @@ def test_the_cli_message_names_the_field(message: str, field: str | None) -> Non
 
 
 def test_the_admin_server_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from relay.settings import HostPort, SettingsError, load_settings
+    from relay.core.settings import HostPort, SettingsError, load_settings
 
     for name in ("RELAY_ADMIN_LISTEN", "RELAY_ADMIN_TLS_CERT", "RELAY_ADMIN_TLS_KEY"):
         monkeypatch.delenv(name, raising=False)

@@ -14,9 +14,17 @@ from datetime import datetime
 import dns.exception
 import dns.name
 
-from admin.dnscheck import Answer, DnsError, Failure, Finding, NoData, NxDomain, Question
+from admin.dnscheck import (
+    Answer,
+    DnsError,
+    Failure,
+    Finding,
+    NoData,
+    NxDomain,
+    Question,
+)
 from admin.records import DnsRecord
-from relay.models import CheckResult, CheckStatus
+from relay.core.models import CheckResult, CheckStatus
 
 Findings = Mapping[Question, Finding]
 

@@ -16,7 +16,7 @@ from admin.checks.common import (
 from admin.dkimrecord import Assessment, Verdict, assess, our_key
 from admin.dnscheck import Answer, DnsError, NoData, NxDomain, Question, Record
 from admin.records import DnsRecord
-from relay.models import CheckStatus, Sender
+from relay.core.models import CheckStatus, Sender
 
 OTHER_TYPES = ("A", "AAAA", "MX")  # asked to say what *is* at a name without TXT
 

@@ -17,7 +17,6 @@ blocking verification, and the status word is not `ok`.
 from __future__ import annotations
 
 import re
-
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from admin.checks.common import Findings, Outcome, could_not_check, found_at
 from admin.dnscheck import Answer, DnsError, Question
 from admin.records import DnsRecord
 from admin.taglist import TagListError, parse_tag_list
-from relay.models import CheckStatus, Sender
+from relay.core.models import CheckStatus, Sender
 
 if TYPE_CHECKING:
     from admin.receiver.dmarc import Published
@@ -52,7 +51,9 @@ def from_domain(sender: Sender) -> str:
 
 def _walk(domain: str) -> list[str]:
     """The receivers' tree walk (RFC 9989 4.10) without the top-level domain, which we never ask."""
-    from admin.receiver.dmarc import walk_names  # here: admin.receiver.dmarc imports this module
+    from admin.receiver.dmarc import (
+        walk_names,  # here: admin.receiver.dmarc imports this module
+    )
 
     return [name for name in walk_names(domain) if "." in name]
 

@@ -13,7 +13,7 @@ from admin.checks.common import (
 )
 from admin.dnscheck import Answer, DnsError, NoData, NxDomain, Question
 from admin.records import DnsRecord
-from relay.models import CheckStatus
+from relay.core.models import CheckStatus
 
 DATA_TYPES = ("A", "AAAA", "TXT", "MX")  # other data that may sit at the name
 COPIED_TYPES = ("A", "AAAA", "TXT")  # what a flattened CNAME copies from the target (TXT: SPF)

@@ -11,7 +11,7 @@ from typing import Any
 
 from admin.context import EXIT_OK, Context
 from admin.services import audit_entries, entry_json
-from relay.models import AuditEntry
+from relay.core.models import AuditEntry
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 from admin import inputs
 from admin.context import EXIT_OK, Context, UsageError
 from admin.sendtest_client import SEND_TEST_CLIENT
-from relay.credentials import hash_secret, new_secret
-from relay.models import AuditEntry, Client
-from relay.settings import Settings
-from relay.store import utcnow
+from relay.core.credentials import hash_secret, new_secret
+from relay.core.models import AuditEntry, Client
+from relay.core.settings import Settings
+from relay.core.store import utcnow
 
 ACTION = "client.add"
 

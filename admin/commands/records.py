@@ -8,7 +8,7 @@ from typing import Any
 from admin.context import EXIT_OK, Context, UsageError
 from admin.render import CSV_SEPARATORS, FORMATS, render
 from admin.services import tenant_records
-from relay.store import utcnow
+from relay.core.store import utcnow
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

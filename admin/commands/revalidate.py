@@ -14,9 +14,9 @@ import asyncio
 from typing import Any
 
 from admin import lifecycle
-from admin.services import send_notifications
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context, UsageError
 from admin.revalidation import all_verified, revalidate
+from admin.services import send_notifications
 from admin.validation import COULD_NOT_CHECK, ValidationReport
 
 

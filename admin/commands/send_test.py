@@ -18,8 +18,8 @@ from admin.sendtest import (
     run_in_process,
     run_through_relay,
 )
-from admin.sendtest_client import ReservedClientMisused, RelayTarget
-from relay.settings import parse_host_port
+from admin.sendtest_client import RelayTarget, ReservedClientMisused
+from relay.core.settings import parse_host_port
 
 # A client is patient for longer than the relay's session timeout (RELIABILITY.md R5).
 _PATIENCE = 10.0

@@ -6,7 +6,7 @@ and the first line on stdout is the address actually bound (`http://127.0.0.1:80
 test reads it. Everything else (uvicorn's log, the access log) goes to stderr. No acting user: people
 sign in on the page, programs with a token.
 
-RELAY_LOG_FORMAT=json (relay.logs) makes every line it writes a JSON object: the address line
+RELAY_LOG_FORMAT=json (relay.core.logs) makes every line it writes a JSON object: the address line
 (`{"message": "http://...", "url": "http://..."}`), uvicorn's log, the access log (with `client`,
 `method`, `path` and `status` as keys) and the application's own records. In text, control characters a
 client put in a path are escaped.
@@ -25,8 +25,8 @@ from uvicorn.config import LOGGING_CONFIG
 
 from admin.context import EXIT_OK, Context, UsageError
 from admin.web.app import create_app
-from relay import logs
-from relay.settings import HostPort, parse_host_port
+from relay.core import logs
+from relay.core.settings import HostPort, parse_host_port
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ class PathOnly(logging.Filter):
 
 
 class AccessFields(logging.Filter):
-    """An access-log record's parts as keys of its JSON object (relay.logs.fields)."""
+    """An access-log record's parts as keys of its JSON object (relay.core.logs.fields)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -92,11 +92,11 @@ def _log_config(log_format: logs.LogFormat = "text") -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
     filters = config.setdefault("filters", {})
     filters["path_only"] = {"()": f"{__name__}.PathOnly"}
-    filters["escape"] = {"()": "relay.logs.EscapeArguments"}
+    filters["escape"] = {"()": "relay.core.logs.EscapeArguments"}
     filters["access_fields"] = {"()": f"{__name__}.AccessFields"}
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     if log_format == "json":
-        config["formatters"] = {name: {"()": "relay.logs.JsonFormatter"} for name in ("default", "access")}
+        config["formatters"] = {name: {"()": "relay.core.logs.JsonFormatter"} for name in ("default", "access")}
         config["handlers"]["access"]["filters"] = ["path_only", "access_fields"]
     else:
         config["handlers"]["access"]["filters"] = ["path_only", "escape"]

@@ -13,8 +13,8 @@ from typing import Any
 from admin import inputs
 from admin.auth import PREFIX_LENGTH, TOKEN_SCHEME, issue_token, token_prefix
 from admin.context import EXIT_OK, Context, UsageError, user_audit_tenant
-from relay.models import ApiToken, User
-from relay.store import utcnow
+from relay.core.models import ApiToken, User
+from relay.core.store import utcnow
 
 ADD = "token.add"
 REVOKE = "token.revoke"

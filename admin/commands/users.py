@@ -15,10 +15,16 @@ from typing import Any, TextIO
 
 from admin import inputs
 from admin.auth import hash_password, password_problem
-from admin.context import BOOTSTRAP_ACTOR, EXIT_OK, Context, UsageError, user_audit_tenant
+from admin.context import (
+    BOOTSTRAP_ACTOR,
+    EXIT_OK,
+    Context,
+    UsageError,
+    user_audit_tenant,
+)
 from admin.roles import OWNER_GRANT_REFUSAL, SCOPED_GRANT_REFUSAL
-from relay.models import AuditEntry, Role, User
-from relay.store import utcnow
+from relay.core.models import AuditEntry, Role, User
+from relay.core.store import utcnow
 
 ACTION = "user.add"
 PASSWORD_ACTION = "user.password"

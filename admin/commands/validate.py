@@ -15,7 +15,7 @@ from admin.checks.common import duration
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
 from admin.services import when
 from admin.validation import COULD_NOT_CHECK, ValidationReport
-from relay.models import CheckResult, TenantStatus
+from relay.core.models import CheckResult, TenantStatus
 
 STATUS_LABEL = {"ok": "OK", "missing": "MISSING", "mismatch": "MISMATCH", "warning": "WARNING",
                 "error": "COULD NOT CHECK"}

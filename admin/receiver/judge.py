@@ -21,7 +21,7 @@ _ENVELOPE_TO = re.compile(rb"X-Envelope-To:[ \t]*<([^<>\r\n]*)>[ \t]*", re.I)
 
 
 def outbox_envelope(eml: bytes) -> tuple[str, list[str], bytes]:
-    """An outbox `.eml` (relay.upstream.Outbox) -> (MAIL FROM, recipients, the message as sent)."""
+    """An outbox `.eml` (relay.smtp.upstream.Outbox) -> (MAIL FROM, recipients, the message as sent)."""
     line, rest = _first_line(eml)
     sender = _RETURN_PATH.fullmatch(line)
     if sender is None:

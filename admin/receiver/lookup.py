@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from admin.dnscheck import Answer, DnsClient, DnsError, Finding, NxDomain
-from relay.settings import Settings
+from relay.core.settings import Settings
 
 
 @dataclass(frozen=True)

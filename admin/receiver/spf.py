@@ -14,7 +14,14 @@ from dataclasses import dataclass, replace
 from admin.receiver.lookup import DnsAnswer, DnsLookup
 from admin.receiver.model import Check, Result
 from admin.receiver.spfrecord import (
-    IpAddress, MacroContext, Mechanism, SpfRecord, SpfSyntaxError, expand, is_spf, parse,
+    IpAddress,
+    MacroContext,
+    Mechanism,
+    SpfRecord,
+    SpfSyntaxError,
+    expand,
+    is_spf,
+    parse,
 )
 
 MAX_DNS_TERMS = 10  # RFC 7208 4.6.4: include, a, mx, ptr, exists and redirect together

@@ -35,7 +35,7 @@ from admin.web.schemas import (
     ValidationOut,
 )
 from admin.web.state import context_for, web_state
-from relay.store import utcnow
+from relay.core.store import utcnow
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 MAX_BODY = 64 * 1024  # three short fields; anything larger is not a sender

@@ -19,8 +19,8 @@ from admin.web import api, pages
 from admin.web.errors import WebError, storage_failed
 from admin.web.security import SecurityHeaders
 from admin.web.state import WebState
-from relay.settings import Settings
-from relay.store import Store, StoreError
+from relay.core.settings import Settings
+from relay.core.store import Store, StoreError
 
 log = logging.getLogger("relay.admin.web")
 

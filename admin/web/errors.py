@@ -26,7 +26,13 @@ from dataclasses import field as dataclass_field
 
 from fastapi.responses import JSONResponse
 
-from admin.context import CliError, PermissionDenied, StorageError, TenantNotFound, UsageError
+from admin.context import (
+    CliError,
+    PermissionDenied,
+    StorageError,
+    TenantNotFound,
+    UsageError,
+)
 
 log = logging.getLogger("relay.admin.web")
 

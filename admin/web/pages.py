@@ -33,11 +33,11 @@ from admin.web import security, sessions
 from admin.web.api import xlsx_response
 from admin.web.errors import WebError, answers, is_unknown_tenant
 from admin.web.i18n import LANGUAGE_NAMES, LANGUAGES, Translator, negotiate
-from admin.web.security import same_token, safe_next
+from admin.web.security import safe_next, same_token
 from admin.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, SignedIn
 from admin.web.state import WebState, context_for, web_state
 from admin.web.views import page_words, settings_view
-from relay.store import StoreError, utcnow
+from relay.core.store import StoreError, utcnow
 
 router = APIRouter(include_in_schema=False)
 

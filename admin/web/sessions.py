@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from admin.web.security import new_token
-from relay.models import User
-from relay.store import Store, WebSession
+from relay.core.models import User
+from relay.core.store import Store, WebSession
 
 LIFETIME = timedelta(hours=8)
 SESSION_COOKIE = "relay_session"

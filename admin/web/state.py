@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from admin.context import Context
-from relay.models import User
-from relay.settings import Settings
-from relay.store import Store
+from relay.core.models import User
+from relay.core.settings import Settings
+from relay.core.store import Store
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from admin.context import Context, UsageError
 from admin.records import DnsRecord, human_time, removable
 from admin.roles import may
 from admin.web.errors import split_field
-from relay.models import CheckResult, KeyState, Tenant
-from relay.store import utcnow
+from relay.core.models import CheckResult, KeyState, Tenant
+from relay.core.store import utcnow
 
 NEW = "new"  # the status shown for a tenant that has no sender yet (only unscoped admins see it)
 

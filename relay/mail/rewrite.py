@@ -7,15 +7,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-from relay.mailbox import first_address, is_address, is_host_name, mailbox_field
-from relay.message import CRLF, MAX_LINE, field_name, field_value, split_header_body
+from relay.mail.mailbox import first_address, is_address, is_host_name, mailbox_field
+from relay.mail.message import (
+    CRLF,
+    MAX_LINE,
+    field_name,
+    field_value,
+    split_header_body,
+)
 
 # Fields a client must not set: they name another sender (RFC 5322 3.6.2 Sender, 3.6.6 Resent-*), are
 # the final MTA's to add (Return-Path, RFC 5321 4.4), would disclose blind copies (Bcc), claim
 # authentication results and signatures that are not ours (RFC 6376, RFC 8617 ARC, RFC 8601, and
 # RFC 7208 9.1 Received-SPF), or are trust headers that receiving systems believe: Exchange's
 # organisation headers, the original results a forwarder kept, and the envelope the outbox itself
-# writes above the message (relay.upstream.Outbox: Return-Path and X-Envelope-To).
+# writes above the message (relay.smtp.upstream.Outbox: Return-Path and X-Envelope-To).
 _REMOVED = frozenset(
     {
         b"from",

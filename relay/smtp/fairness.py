@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from relay.replies import TENANT_BUSY, ReplyError
-from relay.settings import Settings
+from relay.core.replies import TENANT_BUSY, ReplyError
+from relay.core.settings import Settings
 
 
 def gate_wait_budget(settings: Settings) -> float:

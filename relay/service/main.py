@@ -2,13 +2,13 @@
 
 The relay never creates the store: on a fresh install it starts, serves no client, and picks the
 store up once `relay-admin user add` has created it. Every worker also re-checks the tenants' DNS on
-its own (`relay.revalidator`, started with the worker's relay); a lease makes one of them check a given
-tenant. SIGTERM or SIGINT stops it politely (see `relay.server.RunningRelay.stop`); with several
+its own (`relay.service.revalidator`, started with the worker's relay); a lease makes one of them check a given
+tenant. SIGTERM or SIGINT stops it politely (see `relay.service.relay.RunningRelay.stop`); with several
 workers the parent forwards the signal and waits. SIGHUP reloads the settings that can change live and
-looks at the keys at once (`relay.reload`); the parent forwards it too.
+looks at the keys at once (`relay.service.reload`); the parent forwards it too.
 
-Logging goes to stderr in RELAY_LOG_FORMAT (`relay.logs`); the banner goes to stdout, in the same
-format. With RELAY_METRICS_LISTEN the metrics server (`relay.metrics`) runs as a thread of the parent
+Logging goes to stderr in RELAY_LOG_FORMAT (`relay.core.logs`); the banner goes to stdout, in the same
+format. With RELAY_METRICS_LISTEN the metrics server (`relay.service.metrics`) runs as a thread of the parent
 (or of the one relay process), started after the workers are forked, and adds up every worker's counts.
 """
 
@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from relay import logs, metrics
-from relay.directory import Directory
-from relay.limits import plural
-from relay.models import Role
-from relay.policy import is_loopback
-from relay.reload import Sighup
-from relay.server import start_relay, tls_context
-from relay.settings import Settings, SettingsError, load_settings
-from relay.store import Store, StoreError, StoreMissing, open_store, store_location
+from relay.core import logs
+from relay.core.logs import plural
+from relay.core.models import Role
+from relay.core.settings import Settings, SettingsError, load_settings
+from relay.core.store import Store, StoreError, StoreMissing, open_store, store_location
+from relay.policy.directory import Directory
+from relay.policy.senders import is_loopback
+from relay.service import metrics
+from relay.service.relay import start_relay
+from relay.service.reload import Sighup
+from relay.smtp.server import tls_context
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -1,7 +1,7 @@
 """Failed SMTP AUTH per client address over time: a few failures are free, then each further attempt waits
 out a back-off that doubles up to a cap.
 
-aiosmtpd bounds AUTH per session (relay.server CALL_LIMITS), but a new session is free: without this, 30
+aiosmtpd bounds AUTH per session (relay.smtp.server CALL_LIMITS), but a new session is free: without this, 30
 wrong passwords from one address take under 3 s, each costing a scrypt. Here, after MAX_FAILURES failures
 within WINDOW from one address, AUTH from it is refused without checking anything (no hashing) for
 FIRST_BACKOFF seconds, and for twice as long after every further failure, up to MAX_BACKOFF, until the

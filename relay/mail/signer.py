@@ -12,9 +12,9 @@ from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from relay.mailbox import is_host_name
-from relay.message import CRLF, field_name, split_header_body
-from relay.replies import KEY_UNAVAILABLE, ReplyError
+from relay.core.replies import KEY_UNAVAILABLE, ReplyError
+from relay.mail.mailbox import is_host_name
+from relay.mail.message import CRLF, field_name, split_header_body
 
 # The fields a reader trusts, in this order (RFC 6376 5.4.1's recommended set plus the list headers
 # of RFC 8058 one-click unsubscribe). Each is listed once more than present, absent ones once

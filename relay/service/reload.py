@@ -1,7 +1,7 @@
 """SIGHUP: which settings a running relay takes on at once, and which wait for a restart.
 
 The environment of a running process cannot change from outside, so a changed setting reaches the
-relay through RELAY_ENV_FILE (relay.settings), read again on SIGHUP; a variable also set in the
+relay through RELAY_ENV_FILE (relay.core.settings), read again on SIGHUP; a variable also set in the
 environment wins over the file. On SIGHUP each relay process reads the settings again and:
 
 - applies the live ones (`LIVE`) to what comes next: new sessions, the next command, the next
@@ -23,9 +23,16 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from relay import logs
-from relay.server import RunningRelay
-from relay.settings import ENV_PREFIX, Settings, SettingsError, Upstream, _redact, load_settings
+from relay.core import logs
+from relay.core.settings import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    Upstream,
+    _redact,
+    load_settings,
+)
+from relay.service.relay import RunningRelay
 
 log = logging.getLogger("relay.reload")
 

@@ -21,7 +21,7 @@ Keys are loaded once and kept in memory; a key file is read again only when its 
 (tenant, selector, domain, inode, mtime, ctime: a `chmod` changes ctime). Keys fail closed per tenant: a
 broken key leaves that tenant without a signer (451 4.3.5 at send time) and logs one line naming
 tenant and selector; other tenants are unaffected. Broken means missing, unreadable, too open, not an
-RSA key of at least 2048 bits, outside the keys directory or reached through a symlink (relay.dkimkeys),
+RSA key of at least 2048 bits, outside the keys directory or reached through a symlink (relay.core.dkimkeys),
 or not the key whose public half the store holds for that selector (another key copied over the file).
 """
 
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from relay.dkimkeys import KeyFileError, key_file_path, load_private_key
-from relay.limits import plural
-from relay.models import Client, DkimKey, KeyState, Tenant
-from relay.replies import KEY_UNAVAILABLE, ReplyError
-from relay.signer import DkimSigner
-from relay.store import Store, StoreMissing
+from relay.core.dkimkeys import KeyFileError, key_file_path, load_private_key
+from relay.core.logs import plural
+from relay.core.models import Client, DkimKey, KeyState, Tenant
+from relay.core.replies import KEY_UNAVAILABLE, ReplyError
+from relay.core.store import Store, StoreMissing
+from relay.mail.signer import DkimSigner
 
 log = logging.getLogger("relay.directory")
 
@@ -50,7 +50,7 @@ KeyStamp = tuple[str, str, str, int, int, int]  # tenant, selector, domain, inod
 
 @runtime_checkable
 class ChangeFeed(Protocol):
-    """A store that can tell when `generation()` moved (relay.store_pg.PostgresStore)."""
+    """A store that can tell when `generation()` moved (relay.core.store.postgres.PostgresStore)."""
 
     def wait_for_change(self, timeout: float) -> bool: ...
 

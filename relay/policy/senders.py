@@ -18,12 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from relay.auththrottle import MAX_FAILURES, WINDOW, AuthThrottle, Verdict
-from relay.credentials import hash_secret, verify_secret
-from relay.mailbox import is_address
-from relay.message import field_name, field_value, split_header_body
-from relay.models import Client, Sender, Tenant
-from relay.replies import (
+from relay.core.credentials import hash_secret, verify_secret
+from relay.core.models import Client, Sender, Tenant
+from relay.core.replies import (
     AUTH_BUSY,
     AUTH_REQUIRED,
     AUTH_THROTTLED,
@@ -38,7 +35,10 @@ from relay.replies import (
     TENANT_UNKNOWN,
     ReplyError,
 )
-from relay.rewrite import Identity
+from relay.mail.mailbox import is_address
+from relay.mail.message import field_name, field_value, split_header_body
+from relay.mail.rewrite import Identity
+from relay.policy.auththrottle import MAX_FAILURES, WINDOW, AuthThrottle, Verdict
 
 log = logging.getLogger("relay.auth")
 _T = TypeVar("_T")
@@ -203,7 +203,7 @@ def decide_identity(
     return SendAs(identity=identity, signer_tenant=platform.id, sender=platform.sender)
 
 
-# scrypt (relay.credentials) on threads of its own: a burst of logins, right or wrong, never queues in
+# scrypt (relay.core.credentials) on threads of its own: a burst of logins, right or wrong, never queues in
 # front of the loop's default executor (reloads, reverse DNS) nor the signing threads. At most
 # AUTH_QUEUE checks wait or run at once; beyond that AUTH gets 454 4.7.0 at once (RFC 4954 6).
 AUTH_THREADS = 2
@@ -212,7 +212,7 @@ AUTH_QUEUE = 16
 
 class Authenticator:
     """AUTH PLAIN/LOGIN against the store's clients: scrypt on its own threads, successes cached in memory,
-    failures throttled per client address (relay.auththrottle).
+    failures throttled per client address (relay.policy.auththrottle).
 
     The cache maps a client name to an HMAC of (name, secret) under a random per-process key, plus
     the stored hash it was checked against: a changed secret in the store misses the cache, and the

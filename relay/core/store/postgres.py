@@ -2,7 +2,7 @@
 
 Same behaviour as `SqliteStore`, for several relay and admin instances sharing one database:
 
-- **Schema.** `PG_MIGRATIONS` holds, index for index, the PostgreSQL form of `relay.store.MIGRATIONS`
+- **Schema.** `PG_MIGRATIONS` holds, index for index, the PostgreSQL form of `relay.core.store.sqlite.MIGRATIONS`
   (typed columns: `timestamptz`, `boolean`, identity keys), so both backends count the same schema
   versions. The version lives in the one-row table `schema_version`; instances that start together
   migrate once, under the store's advisory lock.
@@ -36,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from relay.models import (
+from relay.core.models import (
     ApiToken,
     AuditEntry,
     CheckResult,
@@ -50,14 +50,14 @@ from relay.models import (
     TenantStatus,
     User,
 )
-from relay.store import (
-    MIGRATIONS,
+from relay.core.store.base import (
     Notification,
     StoreError,
     StoreMissing,
     StoreSnapshot,
     WebSession,
 )
+from relay.core.store.sqlite import MIGRATIONS
 
 Row = dict[str, Any]
 _T = TypeVar("_T")
@@ -67,7 +67,7 @@ Conn = psycopg.Connection[DictRow]
 WRITE_LOCK = 0x72656C6179
 CHANGE_CHANNEL = "relay_generation"
 
-# Each entry is the PostgreSQL form of the same index in relay.store.MIGRATIONS: same tables and
+# Each entry is the PostgreSQL form of the same index in relay.core.store.sqlite.MIGRATIONS: same tables and
 # columns, PostgreSQL types. Never edit a released one; add the next one to both lists together.
 PG_MIGRATIONS: list[str] = [
     """
@@ -144,7 +144,7 @@ def schema_version() -> int:
     """The version this program writes; the two lists must agree (tests/test_store_pg.py checks it)."""
     if len(PG_MIGRATIONS) != len(MIGRATIONS):
         raise StoreError(f"this program's PostgreSQL schema has {len(PG_MIGRATIONS)} versions but its "
-                         f"SQLite schema {len(MIGRATIONS)}: relay/store_pg.py lags relay/store.py")
+                         f"SQLite schema {len(MIGRATIONS)}: relay/core/store/postgres.py lags relay/core/store/sqlite.py")
     return len(PG_MIGRATIONS)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
-from relay.message import MAX_LINE
+from relay.mail.message import MAX_LINE
 
 # RFC 5322 3.2.3 atext, 3.4.1 addr-spec. Domains must be host names (RFC 5321 4.1.2) so that nothing
 # like an encoded word (`x?=`) passes as a domain.

@@ -17,7 +17,7 @@ from pydantic_settings import SettingsError as _SourceError
 
 ENV_PREFIX = "RELAY_"
 # A file of RELAY_* lines (dotenv syntax) read at start and again on SIGHUP, so that a running relay can
-# pick up a changed setting (relay.reload); a variable also set in the environment wins over the file.
+# pick up a changed setting (relay.service.reload); a variable also set in the environment wins over the file.
 ENV_FILE_VARIABLE = "RELAY_ENV_FILE"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # RELAY_DATABASE URLs for the PostgreSQL backend
 
@@ -260,7 +260,7 @@ class Settings(BaseSettings):
         description="also sign with an Ed25519 key (RFC 8463), published under its own selector",
     )
 
-    # Operations (SPEC.md "Operations"; relay.metrics, relay.logs).
+    # Operations (SPEC.md "Operations"; relay.service.metrics, relay.core.logs).
     metrics_listen: Annotated[HostPort | None, NoDecode] = Field(
         default=None, description="host:port of GET /metrics, /healthz and /readyz; unset: no metrics server",
     )
@@ -306,7 +306,7 @@ class Settings(BaseSettings):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
-        if value.startswith(POSTGRES_SCHEMES):  # relay/store_pg.py
+        if value.startswith(POSTGRES_SCHEMES):  # relay/core/store/postgres.py
             return _postgres_url(value)
         if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
             raise ValueError(f"{_redact(value)!r}: use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")

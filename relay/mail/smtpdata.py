@@ -12,7 +12,7 @@ is unstuffed with bytes operations; anything else goes line by line through `Dat
 are the reference (a line is what ends at an LF; lines longer than the stream reader's limit count
 as read in pieces, never checked for smuggling).
 
-The output keeps the client's bare CRs inside lines (for `relay.message.normalise_data` to judge) and
+The output keeps the client's bare CRs inside lines (for `relay.mail.message.normalise_data` to judge) and
 ends every line read up to an LF with CRLF.
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-from relay.message import CRLF, MAX_LINE
-from relay.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
+from relay.core.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
+from relay.mail.message import CRLF, MAX_LINE
 
 _BREAKS = re.compile(rb"\r\n|\r|\n")
 END = b"\r\n.\r\n"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from relay.policy import plain_ip
+from relay.policy.senders import plain_ip
 
 RDNS_TIMEOUT = 0.5  # the longest a message waits for its client's PTR name
 RDNS_THREADS = 2

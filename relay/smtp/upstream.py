@@ -1,6 +1,6 @@
 """Where accepted mail goes: an SMTP server (aiosmtplib, translated at this one boundary) or an outbox dir.
 
-Error tree of `deliver()` (see relay.replies):
+Error tree of `deliver()` (see relay.core.replies):
 
     Reply 250                  upstream accepted these bytes for every recipient (R1)
     UpstreamReplyError         upstream refused MAIL, a RCPT (after RSET: nothing delivered, R3) or
@@ -31,10 +31,8 @@ from typing import Protocol
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
-from relay.atomicfile import write_atomically
-from relay.message import CRLF
-from relay.policy import client_ip, is_loopback
-from relay.replies import (
+from relay.core.atomicfile import write_atomically
+from relay.core.replies import (
     CONVERSION_NOT_SUPPORTED,
     TLS_REQUIRED_MISSING,
     UPSTREAM_AMBIGUOUS,
@@ -43,8 +41,10 @@ from relay.replies import (
     ReplyError,
     UpstreamReplyError,
 )
-from relay.settings import Settings
-from relay.settings import Upstream as UpstreamSetting
+from relay.core.settings import Settings
+from relay.core.settings import Upstream as UpstreamSetting
+from relay.mail.message import CRLF
+from relay.policy.senders import client_ip, is_loopback
 
 log = logging.getLogger("relay.upstream")
 
@@ -212,7 +212,7 @@ def _check_8bit(client: aiosmtplib.SMTP, message: bytes) -> None:
 
 
 def _is_loopback(peer: object) -> bool:
-    """Whether upstream's peername is a loopback address (IPv4-mapped too: relay.policy.client_ip)."""
+    """Whether upstream's peername is a loopback address (IPv4-mapped too: relay.policy.senders.client_ip)."""
     return is_loopback(client_ip(peer))
 
 
@@ -269,13 +269,13 @@ class OutboxReply(Reply):
 
 
 class Outbox:
-    """`outbox:DIR`: one `.eml` per message, written atomically (relay.atomicfile), never over another.
+    """`outbox:DIR`: one `.eml` per message, written atomically (relay.core.atomicfile), never over another.
 
     The envelope goes in the file itself, as the first lines, the way a delivery agent records it
     (RFC 5321 4.4): `Return-Path: <sender>` and one `X-Envelope-To: <recipient>` per recipient. They
     sit above our DKIM-Signature and are not signed, so the signed bytes still verify. The envelope
     ends at the first line that is not `X-Envelope-To` (admin.receiver.outbox_envelope reads it so);
-    relay.rewrite removes a client's own Return-Path and X-Envelope-To, so none follows further down.
+    relay.mail.rewrite removes a client's own Return-Path and X-Envelope-To, so none follows further down.
     """
 
     def __init__(self, directory: Path) -> None:

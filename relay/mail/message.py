@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from relay.replies import BAD_HEADER, NUL_BYTES, SMUGGLING, ReplyError
+from relay.core.replies import BAD_HEADER, NUL_BYTES, SMUGGLING, ReplyError
 
 CRLF = b"\r\n"
 MAX_LINE = 998  # RFC 5322 2.1.1: a line MUST NOT exceed 998 octets, excluding the CRLF.

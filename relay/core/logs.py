@@ -151,3 +151,8 @@ def line(message: str, *, log_format: LogFormat, stream: TextIO, level: str = "I
         text = prefix + escape_controls(message)
     stream.write(text + "\n")
     stream.flush()
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 session`, `2 sessions`: counts in log lines."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.atomicfile import write_atomically
+from relay.core.atomicfile import write_atomically
 
 KEY_BITS = 2048  # RFC 8301 3.2: signers MUST use at least 1024, SHOULD use 2048; we require 2048.
 MIN_KEY_BITS = 2048

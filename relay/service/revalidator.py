@@ -1,6 +1,6 @@
 """The relay's own re-validation: every tick, check the tenants that are due, then post due notifications.
 
-Every relay worker runs one `Revalidator` beside its directory's reloader (`relay.server.start_relay`),
+Every relay worker runs one `Revalidator` beside its directory's reloader (`relay.service.relay.start_relay`),
 SPEC.md "Lifecycle". A tick comes every min(60 s, RELAY_REVALIDATE_INTERVAL / 4) and:
 
 1. lists the tenants that are due (`admin.lifecycle.due`: verified, degraded and failed ones every
@@ -23,7 +23,7 @@ lock (`tenant set` holds it ~100 ms while it generates a key).
 
 Failures never end the loop and are logged in one line each, without traceback or secret, once while
 they repeat; the next tick tries again. While the store does not exist yet the loop waits for it, as the
-directory does. Its lines on `relay.revalidator`:
+directory does. Its lines on `relay.service.revalidator`:
 
     ERROR   revalidation failed, retrying every 15s: StoreError: <what the store said>
     INFO    revalidation works again
@@ -48,9 +48,9 @@ from admin import lifecycle, notify
 from admin.dnscheck import DnsClient
 from admin.revalidation import CONCURRENCY, due_tenant_ids, revalidate
 from admin.validation import LEASE_MARGIN, ValidationReport, check_budget, lease_name
-from relay.metrics import Metrics
-from relay.settings import Settings
-from relay.store import Store, StoreError, StoreMissing, utcnow
+from relay.core.metrics import Metrics
+from relay.core.settings import Settings
+from relay.core.store import Store, StoreError, StoreMissing, utcnow
 
 log = logging.getLogger("relay.revalidator")
 

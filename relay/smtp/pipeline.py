@@ -2,7 +2,7 @@
 
 The log line (logger `relay.transaction`) names the transaction by the id in its Received field, with
 client, address, tenant, recipient count, size, outcome, the reply and timings; with RELAY_LOG_FORMAT=json
-the same as keys (relay.logs). Never a secret, never any of the message's content.
+the same as keys (relay.core.logs). Never a secret, never any of the message's content.
 """
 
 from __future__ import annotations
@@ -17,19 +17,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.directory import Directory
-from relay.fairness import TenantGate, gate_wait_budget
-from relay.logs import fields
-from relay.message import field_name, field_value, normalise_data, split_header_body
-from relay.metrics import Metrics
-from relay.models import Client
-from relay.policy import decide_identity, decide_tenant, tenant_header_values
-from relay.replies import AUTH_REQUIRED, INTERNAL_ERROR, UPSTREAM_AMBIGUOUS, Reply, ReplyError
-from relay.rewrite import rewrite_headers
-from relay.settings import Settings
-from relay.signer import DkimSigner, SigningKeyError
-from relay.transaction import Transaction, received_field
-from relay.upstream import Envelope, Upstream
+from relay.core.logs import fields
+from relay.core.metrics import Metrics
+from relay.core.models import Client
+from relay.core.replies import (
+    AUTH_REQUIRED,
+    INTERNAL_ERROR,
+    UPSTREAM_AMBIGUOUS,
+    Reply,
+    ReplyError,
+)
+from relay.core.settings import Settings
+from relay.core.transaction import Transaction, received_field
+from relay.mail.message import (
+    field_name,
+    field_value,
+    normalise_data,
+    split_header_body,
+)
+from relay.mail.rewrite import rewrite_headers
+from relay.mail.signer import DkimSigner, SigningKeyError
+from relay.policy.directory import Directory
+from relay.policy.senders import decide_identity, decide_tenant, tenant_header_values
+from relay.smtp.fairness import TenantGate, gate_wait_budget
+from relay.smtp.upstream import Envelope, Upstream
 
 log = logging.getLogger("relay.transaction")
 
@@ -107,7 +118,7 @@ class Pipeline:
         self._signing.shutdown(wait=False, cancel_futures=True)
 
     def configure(self, settings: Settings, *, upstream: Upstream | None = None) -> None:
-        """Settings changed live (SIGHUP, relay.reload): transactions from now on use them, and `upstream`
+        """Settings changed live (SIGHUP, relay.service.reload): transactions from now on use them, and `upstream`
         when given; one under way keeps what it started with."""
         self._settings = settings
         self.gate.limit = settings.max_inflight_per_tenant
@@ -226,7 +237,7 @@ class Pipeline:
     def _delivered(self, facts: _Facts, start: float, *, connected: bool) -> None:
         """Time an upstream exchange that ended with an answer or an error (not a cancelled one).
 
-        4.4.x (unreachable, timed out, lost: relay.upstream) is a connection failure for /readyz."""
+        4.4.x (unreachable, timed out, lost: relay.smtp.upstream) is a connection failure for /readyz."""
         facts.seconds["upstream"] = seconds = time.perf_counter() - start
         self.metrics.upstream_seconds.observe(seconds)
         self.metrics.upstream_answered(connected=connected)

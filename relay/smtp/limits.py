@@ -12,8 +12,8 @@ import asyncio
 from collections import Counter
 from typing import Protocol
 
-from relay.policy import plain_ip
-from relay.replies import Reply
+from relay.core.replies import Reply
+from relay.policy.senders import plain_ip
 
 
 def admits(*, total: int, from_ip: int, max_total: int, max_per_ip: int) -> bool:
@@ -74,13 +74,8 @@ def shutting_down(hostname: str) -> Reply:
     return Reply(421, "4.3.2", f"{hostname} shutting down")
 
 
-def plural(count: int, noun: str) -> str:
-    """`1 session`, `2 sessions`: counts in log lines."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 class Ending(Protocol):
-    """A session as a stop sees it (relay.server.RelaySMTP)."""
+    """A session as a stop sees it (relay.smtp.server.RelaySMTP)."""
 
     def end(self, reply: Reply) -> None: ...
 
