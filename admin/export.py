@@ -25,11 +25,11 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from admin.export_texts import ExportTexts
 from admin.inputs import unicode_domain
-from admin.records import DnsRecord, human_time, removable
 from admin.render import split_txt
 from relay.core.atomicfile import write_atomically
 from relay.core.models import CheckResult, KeyState, Sender
 from relay.core.store import utcnow
+from relay.domains.records import DnsRecord, human_time, removable
 
 # DejaVu Sans ships with Debian (fonts-dejavu-core, which LibreOffice depends on). Without a name,
 # LibreOffice renders bold cells in a serif face; family 2 ("swiss") lets Excel on a machine without

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from admin.inputs import unicode_domain
-from admin.records import DnsRecord, human_time, key_note, removable
 from relay.core.models import KeyState
+from relay.domains.records import DnsRecord, human_time, key_note, removable
 
 FORMATS = ("table", "json", "bind", "csv")
 

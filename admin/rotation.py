@@ -2,7 +2,7 @@
 
 A key change has three states (SPEC.md "Lifecycle"): the relay signs with the `active` key; a rotation
 adds a `next` key that IT publishes beside it; the validation that sees the next key's record with our
-key promotes it to `active` and makes the old one `retiring` for RELAY_KEY_OVERLAP (admin.validation).
+key promotes it to `active` and makes the old one `retiring` for RELAY_KEY_OVERLAP (relay.domains.validation).
 So the relay never signs with a key whose record has not been seen published. One rotation at a time:
 while a `next` key waits to be seen, another is refused (its record may already be at IT's desk).
 

@@ -7,7 +7,7 @@ credentials. In-process (`--in-process`) it runs `relay.smtp.pipeline.Pipeline` 
 client scoped to that one tenant, as the relay would, without a running relay.
 
 Where the forwarded copy can be read (RELAY_UPSTREAM=outbox:DIR: the file the relay's 250 names), it is
-judged as a receiving server would (admin.receiver): DKIM, SPF for the return-path host from `client_ip`,
+judged as a receiving server would (relay.domains.receiver): DKIM, SPF for the return-path host from `client_ip`,
 and DMARC alignment, each with its reason. With an SMTP upstream the copy has left: the three are null,
 and `verdict_unavailable` says why.
 """
@@ -30,7 +30,6 @@ from typing import Any
 
 from admin import inputs
 from admin.context import UsageError
-from admin.receiver import ResolverLookup, Result, Verdict, judge, outbox_envelope
 from admin.sendtest_client import (
     SEND_TEST_CLIENT,
     SEND_TEST_HELO,
@@ -40,12 +39,19 @@ from admin.sendtest_client import (
     SessionFailed,
     submit,
 )
-from admin.taglist import TagListError, parse_tag_list
 from relay.core.models import Client, DkimKey, Tenant
 from relay.core.replies import Reply, ReplyError
 from relay.core.settings import Settings
 from relay.core.store import Store, store_location, utcnow
 from relay.core.transaction import Peer, Transaction, new_transaction_id
+from relay.domains.receiver import (
+    ResolverLookup,
+    Result,
+    Verdict,
+    judge,
+    outbox_envelope,
+)
+from relay.domains.taglist import TagListError, parse_tag_list
 from relay.mail.mailbox import mailbox_field
 from relay.mail.message import field_name, field_value, split_header_body
 from relay.policy.directory import Directory, active_key

@@ -18,19 +18,20 @@ from typing import Any
 
 from openpyxl import Workbook
 
-from admin import inputs, lifecycle, notify
+from admin import inputs
 from admin.context import Context, StorageError, UsageError
 from admin.export import build_workbook
 from admin.export_texts import LANGUAGES
-from admin.notify import Delivery
-from admin.records import DnsRecord, in_lifecycle_order, key_note, records_for
 from admin.rotation import ACTION as ROTATE_ACTION
 from admin.rotation import Rotation, RotationRefused, rotate_key
 from admin.rotation import UnknownTenant as RotationUnknownTenant
 from admin.tenants import KeyWriteError, TenantChange, set_tenant
-from admin.validation import UnknownTenant, ValidationReport, validate_tenant
 from relay.core.models import AuditEntry, CheckResult, DkimKey, Sender, Tenant
 from relay.core.store import utcnow
+from relay.domains import lifecycle, notify
+from relay.domains.notify import Delivery
+from relay.domains.records import DnsRecord, in_lifecycle_order, key_note, records_for
+from relay.domains.validation import UnknownTenant, ValidationReport, validate_tenant
 from relay.policy import directory
 
 DEFAULT_RETURN_PATH = "bounce"

@@ -32,11 +32,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from admin.records import records_for
 from relay.core.credentials import hash_secret
 from relay.core.models import DkimKey, Tenant, TenantStatus
 from relay.core.settings import HostPort, Settings, Upstream
 from relay.core.store import SqliteStore, Store
+from relay.domains.records import records_for
 from relay.service.relay import RunningRelay, start_relay
 from tests.factories import make_client, make_tenant
 from tests.nsd import zone_text

@@ -9,15 +9,15 @@ from functools import cache
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.checks import return_path
-from admin.checks.common import Findings, duration, same_name
-from admin.dkimrecord import Verdict, assess, our_key
-from admin.dnscheck import Answer, DnsError, Failure, NoData, Question, Record
-from admin.records import dkim_value, records_for
-from admin.taglist import TagListError, parse_tag_list
-from admin.validation import COULD_NOT_CHECK, NOT_VERIFIED, VERIFIED, outcome_of
 from relay.core import dkimkeys
 from relay.core.models import CheckResult, CheckStatus, Sender
+from relay.domains.checks import return_path
+from relay.domains.checks.common import Findings, duration, same_name
+from relay.domains.dkimrecord import Verdict, assess, our_key
+from relay.domains.dnscheck import Answer, DnsError, Failure, NoData, Question, Record
+from relay.domains.records import dkim_value, records_for
+from relay.domains.taglist import TagListError, parse_tag_list
+from relay.domains.validation import COULD_NOT_CHECK, NOT_VERIFIED, VERIFIED, outcome_of
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dns.resolver
 
-from admin.dnscheck import _plain
+from relay.domains.dnscheck import _plain
 
 
 def test_no_zone_up_to_the_root_names_the_likely_causes() -> None:

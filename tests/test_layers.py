@@ -1,6 +1,7 @@
 """The house rules of relay/ (drawn in the README's Development section): one package per layer, and a
 layer imports only from the layers below it. admin/ sees the shared core, the mail and policy
-decisions it mirrors, and the SMTP side only where it sends a deliverability test in-process."""
+decisions it mirrors, the domains' records and checks, and the SMTP side only where it sends a
+deliverability test; nothing in relay/ imports admin/."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("core", "mail", "policy", "smtp", "service")  # bottom to top
-ADMIN_MAY_IMPORT = ("core", "mail", "policy")
+LAYERS = ("core", "mail", "policy", "domains", "smtp", "service")  # bottom to top
+ADMIN_MAY_IMPORT = ("core", "mail", "policy", "domains")
 ADMIN_SMTP_USERS = ("admin/sendtest.py", "admin/sendtest_client.py")  # the in-process and front-door send-test
 
 
@@ -53,6 +54,17 @@ def test_admin_sees_the_shared_core_and_not_the_running_relay() -> None:
         allowed = ADMIN_MAY_IMPORT + (("smtp",) if relative in ADMIN_SMTP_USERS else ())
         wrong += [f"{relative}:{line} imports relay.{imported}"
                   for line, imported in relay_imports(path) if imported not in allowed]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_relay_never_imports_the_admin_side() -> None:
+    wrong = []
+    for path in sorted((ROOT / "relay").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                      for name in names if name.split(".")[0] == "admin"]
     assert wrong == [], "\n".join(wrong)
 
 

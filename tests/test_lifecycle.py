@@ -6,15 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from admin.lifecycle import (
-    counted_checks,
-    decide,
-    due,
-    failed_after,
-    keys_after,
-    promotion,
-    wait_after,
-)
 from relay.core.models import (
     CheckResult,
     CheckStatus,
@@ -23,6 +14,15 @@ from relay.core.models import (
     Sender,
     Tenant,
     TenantStatus,
+)
+from relay.domains.lifecycle import (
+    counted_checks,
+    decide,
+    due,
+    failed_after,
+    keys_after,
+    promotion,
+    wait_after,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

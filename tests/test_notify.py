@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from admin import notify
-from admin.notify import deliver_due, retry_at, sign, verify_signature
 from relay.core.models import TenantStatus
 from relay.core.settings import load_settings
 from relay.core.store import Notification, utcnow
+from relay.domains import notify
+from relay.domains.notify import deliver_due, retry_at, sign, verify_signature
 from tests.nsd import zone_text
 from tests.test_validate import Cli, Site, make_site
 

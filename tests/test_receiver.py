@@ -1,4 +1,4 @@
-"""A receiver's verdict (admin.receiver): SPF parsing and check_host, DMARC tags, tree walk and
+"""A receiver's verdict (relay.domains.receiver): SPF parsing and check_host, DMARC tags, tree walk and
 alignment on an in-memory DNS; then whole verdicts on messages our signer signed, against NSD."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.receiver import (
+from relay.core.dkimkeys import generate_private_key, public_key_b64
+from relay.core.settings import load_settings
+from relay.domains.receiver import (
     Check,
     DnsAnswer,
     ResolverLookup,
@@ -21,8 +23,8 @@ from admin.receiver import (
     judge,
     outbox_envelope,
 )
-from admin.receiver.dkimcheck import DkimOutcome
-from admin.receiver.dmarc import (
+from relay.domains.receiver.dkimcheck import DkimOutcome
+from relay.domains.receiver.dmarc import (
     DmarcRecordError,
     Published,
     check_dmarc,
@@ -30,11 +32,15 @@ from admin.receiver.dmarc import (
     read_policy,
     walk_names,
 )
-from admin.receiver.judge import author_domain
-from admin.receiver.spf import check_spf
-from admin.receiver.spfrecord import MacroContext, SpfSyntaxError, expand, is_spf, parse
-from relay.core.dkimkeys import generate_private_key, public_key_b64
-from relay.core.settings import load_settings
+from relay.domains.receiver.judge import author_domain
+from relay.domains.receiver.spf import check_spf
+from relay.domains.receiver.spfrecord import (
+    MacroContext,
+    SpfSyntaxError,
+    expand,
+    is_spf,
+    parse,
+)
 from relay.mail.signer import DkimSigner
 from relay.smtp.upstream import Envelope, Outbox, OutboxReply
 from tests.nsd import Nsd, zone_text

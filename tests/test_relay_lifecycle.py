@@ -22,14 +22,14 @@ from typing import Any
 import dkim
 import pytest
 
-from admin.dnscheck import DnsClient, DnsError, Failure, Finding, Question
-from admin.notify import verify_signature
-from admin.records import records_for
-from admin.revalidation import due_tenant_ids
 from admin.tenants import set_tenant
 from relay.core.models import DkimKey, Sender, Tenant, TenantStatus
 from relay.core.settings import HostPort, Settings
 from relay.core.store import SqliteStore, StoreError, StoreMissing, utcnow
+from relay.domains.dnscheck import DnsClient, DnsError, Failure, Finding, Question
+from relay.domains.notify import verify_signature
+from relay.domains.records import records_for
+from relay.domains.revalidation import due_tenant_ids
 from relay.policy.directory import Directory
 from relay.service import revalidator as revalidator_module
 from relay.service.relay import RunningRelay

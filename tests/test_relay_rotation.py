@@ -12,12 +12,12 @@ from datetime import timedelta
 
 import dkim
 
-from admin.dnscheck import DnsClient
-from admin.records import records_for
 from admin.rotation import rotate_key
-from admin.validation import validate_tenant
 from relay.core.models import KeyState, TenantStatus
 from relay.core.store import utcnow
+from relay.domains.dnscheck import DnsClient
+from relay.domains.records import records_for
+from relay.domains.validation import validate_tenant
 from tests.nsd import zone_text
 from tests.relay_harness import eventually, nsd_txt
 from tests.test_relay_lifecycle import (  # noqa: F401

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from admin import revalidation
-from admin.dnscheck import DnsClient, Finding, Question
-from admin.revalidation import revalidate
-from admin.validation import LEASE_LOST, LEASED, lease_name, validate_tenant
 from relay.core import dkimkeys
 from relay.core.models import DkimKey, KeyState, TenantStatus
 from relay.core.settings import Settings, load_settings
 from relay.core.store import SqliteStore, Store, utcnow
+from relay.domains import revalidation
+from relay.domains.dnscheck import DnsClient, Finding, Question
+from relay.domains.revalidation import revalidate
+from relay.domains.validation import LEASE_LOST, LEASED, lease_name, validate_tenant
 from tests.factories import make_tenant
 from tests.nsd import zone_text
 from tests.test_validate import (

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from admin.receiver import outbox_envelope
 from relay.core.replies import BAD_HEADER, ReplyError
+from relay.domains.receiver import outbox_envelope
 from relay.mail.mailbox import first_address
 from relay.mail.rewrite import Identity, rewrite_headers
 from relay.smtp.upstream import Envelope, Outbox, OutboxReply

@@ -17,11 +17,11 @@ import pytest
 
 from admin.commands.rotate_key import duration_words
 from admin.export_texts import LANGUAGES
-from admin.records import in_lifecycle_order
 from admin.rotation import rotate_key
 from relay.core import dkimkeys
 from relay.core.models import DkimKey, KeyState
 from relay.core.store import StoreError, utcnow
+from relay.domains.records import in_lifecycle_order
 from relay.policy import directory
 from tests.conftest import CliResult
 from tests.snapshot import (
@@ -81,7 +81,7 @@ def dkim_records(cli: Cli) -> list[dict[str, Any]]:
 
 
 def set_keys(env: Path, changes: dict[str, tuple[KeyState, datetime | None]]) -> None:
-    """Put keys in a state directly, as a promotion (admin.validation) leaves them."""
+    """Put keys in a state directly, as a promotion (relay.domains.validation) leaves them."""
     store = open_store(env)
     try:
         for selector, (key_state, remove_after) in changes.items():

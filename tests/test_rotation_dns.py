@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from admin.records import in_lifecycle_order
-from admin.validation import validate_tenant
 from relay.core.models import DkimKey, KeyState, TenantStatus
 from relay.core.settings import load_settings
 from relay.core.store import SqliteStore, utcnow
+from relay.domains.records import in_lifecycle_order
+from relay.domains.validation import validate_tenant
 from relay.policy import directory
 from tests.conftest import CliResult
 from tests.nsd import Nsd, zone_text
@@ -64,7 +64,7 @@ class Rotation:
         self.nsd.update({DOMAIN: zone_text(DOMAIN, bind(self.cli), serial=serial)})
 
     def validate(self) -> None:
-        """The validation itself (admin.validation), as the CLI and the relay's re-checks run it."""
+        """The validation itself (relay.domains.validation), as the CLI and the relay's re-checks run it."""
         store = SqliteStore(self.env / "relay.db")
         try:
             asyncio.run(validate_tenant(store, load_settings(), "acme", actor=OWNER))

@@ -16,12 +16,12 @@ import dns.nameserver
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.dnscheck import DnsClient
-from admin.validation import validate_tenant
 from relay.core import dkimkeys
 from relay.core.models import DkimKey, Role, Tenant, TenantStatus, User
 from relay.core.settings import HostPort, load_settings
 from relay.core.store import Store, open_store, utcnow
+from relay.domains.dnscheck import DnsClient
+from relay.domains.validation import validate_tenant
 from tests.conftest import CliResult
 from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text

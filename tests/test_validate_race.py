@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from admin.dnscheck import DnsClient, Finding, Question
 from admin.tenants import set_tenant
-from admin.validation import CHANGED_DURING_CHECK, validate_tenant
 from relay.core.models import KeyState, Sender, TenantStatus
 from relay.core.settings import Settings, load_settings
 from relay.core.store import SqliteStore
+from relay.domains.dnscheck import DnsClient, Finding, Question
+from relay.domains.validation import CHANGED_DURING_CHECK, validate_tenant
 from tests.test_revalidate import next_key
 from tests.test_validate import Cli, Site, make_site
 
@@ -108,7 +108,7 @@ def test_cli_says_the_result_was_discarded(
 ) -> None:
     new = Sender("Acme", "billing@acme.test", "acme.test", return_path_label="mail")
     during = [other_process_sets(relay_env, new)]
-    monkeypatch.setattr("admin.validation.DnsClient", lambda settings: RacingClient(settings, during[0]))
+    monkeypatch.setattr("relay.domains.validation.DnsClient", lambda settings: RacingClient(settings, during[0]))
     result = cli("validate", "acme", "--as", "olivia")
     assert result.code == 1 and result.err == ""
     assert result.out == (

@@ -13,11 +13,11 @@ import argparse
 import asyncio
 from typing import Any
 
-from admin import lifecycle
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context, UsageError
-from admin.revalidation import all_verified, revalidate
 from admin.services import send_notifications
-from admin.validation import COULD_NOT_CHECK, ValidationReport
+from relay.domains import lifecycle
+from relay.domains.revalidation import all_verified, revalidate
+from relay.domains.validation import COULD_NOT_CHECK, ValidationReport
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from admin import inputs, services
-from admin.checks.common import duration
 from admin.context import EXIT_OK, Context
-from admin.records import DnsRecord
 from admin.rotation import Rotation
+from relay.domains.checks.common import duration
+from relay.domains.records import DnsRecord
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def duration_words(seconds: float) -> str:
-    """RELAY_KEY_OVERLAP in words, to the second (`admin.checks.common.duration`)."""
+    """RELAY_KEY_OVERLAP in words, to the second (`relay.domains.checks.common.duration`)."""
     return duration(seconds, exact=True)
 
 

@@ -8,7 +8,6 @@ import ipaddress
 from typing import Any
 
 from admin.context import EXIT_NEGATIVE, EXIT_OK, CliError, Context, UsageError
-from admin.receiver import Check
 from admin.sendtest import (
     DEFAULT_CLIENT_IP,
     SendTestReport,
@@ -20,6 +19,7 @@ from admin.sendtest import (
 )
 from admin.sendtest_client import RelayTarget, ReservedClientMisused
 from relay.core.settings import parse_host_port
+from relay.domains.receiver import Check
 
 # A client is patient for longer than the relay's session timeout (RELIABILITY.md R5).
 _PATIENCE = 10.0

@@ -9,10 +9,10 @@ from typing import Any
 
 from admin import inputs, services
 from admin.context import EXIT_OK, Context
-from admin.records import human_time
 from admin.render import domain_label
 from admin.services import DEFAULT_RETURN_PATH
 from admin.tenants import TenantChange
+from relay.domains.records import human_time
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """`relay-admin validate TENANT`: check the tenant's DNS now and update its status.
 
-The same check as `revalidate`, under the same rules (`admin.validation`). When another process is
+The same check as `revalidate`, under the same rules (`relay.domains.validation`). When another process is
 checking the tenant at this moment (the relay's own re-validation, say), it does not wait: it says so
 and exits 1; that check's result shows in `relay-admin tenant show` a few seconds later.
 """
@@ -11,11 +11,11 @@ import argparse
 from typing import Any
 
 from admin import services
-from admin.checks.common import duration
 from admin.context import EXIT_NEGATIVE, EXIT_OK, Context
 from admin.services import when
-from admin.validation import COULD_NOT_CHECK, ValidationReport
 from relay.core.models import CheckResult, TenantStatus
+from relay.domains.checks.common import duration
+from relay.domains.validation import COULD_NOT_CHECK, ValidationReport
 
 STATUS_LABEL = {"ok": "OK", "missing": "MISSING", "mismatch": "MISMATCH", "warning": "WARNING",
                 "error": "COULD NOT CHECK"}

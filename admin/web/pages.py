@@ -28,7 +28,6 @@ from admin import inputs, services
 from admin.auth import authenticate_password
 from admin.context import Context, UsageError
 from admin.roles import may
-from admin.validation import COULD_NOT_CHECK, ValidationReport
 from admin.web import security, sessions
 from admin.web.api import xlsx_response
 from admin.web.errors import WebError, answers, is_unknown_tenant
@@ -38,6 +37,7 @@ from admin.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, SignedIn
 from admin.web.state import WebState, context_for, web_state
 from admin.web.views import page_words, settings_view
 from relay.core.store import StoreError, utcnow
+from relay.domains.validation import COULD_NOT_CHECK, ValidationReport
 
 router = APIRouter(include_in_schema=False)
 

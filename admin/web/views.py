@@ -12,11 +12,11 @@ from datetime import datetime
 
 from admin import inputs, services
 from admin.context import Context, UsageError
-from admin.records import DnsRecord, human_time, removable
 from admin.roles import may
 from admin.web.errors import split_field
 from relay.core.models import CheckResult, KeyState, Tenant
 from relay.core.store import utcnow
+from relay.domains.records import DnsRecord, human_time, removable
 
 NEW = "new"  # the status shown for a tenant that has no sender yet (only unscoped admins see it)
 

@@ -3,22 +3,22 @@
 Every relay worker runs one `Revalidator` beside its directory's reloader (`relay.service.relay.start_relay`),
 SPEC.md "Lifecycle". A tick comes every min(60 s, RELAY_REVALIDATE_INTERVAL / 4) and:
 
-1. lists the tenants that are due (`admin.lifecycle.due`: verified, degraded and failed ones every
+1. lists the tenants that are due (`relay.domains.lifecycle.due`: verified, degraded and failed ones every
    RELAY_REVALIDATE_INTERVAL; pending ones back off from 5 minutes up to it);
 2. claims each under its lease `revalidate:<tenant>` and looks again whether it is still due: another
    worker may have checked it and released the lease since the list was read, and the lease alone
    would then let this worker check it a second time in one interval;
-3. checks each claimed tenant (`admin.revalidation.revalidate`, which renews that same lease), so of
+3. checks each claimed tenant (`relay.domains.revalidation.revalidate`, which renews that same lease), so of
    all the workers and instances sharing one store exactly one checks a given tenant;
-4. posts the webhook notifications that are due (`admin.notify.deliver_due`).
+4. posts the webhook notifications that are due (`relay.domains.notify.deliver_due`).
 
 A status change bumps the store's generation: this worker's directory is asked to look at once, the
 others see it within RELAY_RELOAD_INTERVAL, and mail follows (a failed tenant's mail leaves as the
-platform sender). The change itself is logged on `relay.lifecycle` by `admin.validation`.
+platform sender). The change itself is logged on `relay.lifecycle` by `relay.domains.validation`.
 
 Mail is not held up: DNS is asked asynchronously on the worker's event loop, and the loop has a store
 connection of its own, so the directory never waits for it. Its store statements are short and
-synchronous (admin.validation calls the store directly); a write may wait for another process's write
+synchronous (relay.domains.validation calls the store directly); a write may wait for another process's write
 lock (`tenant set` holds it ~100 ms while it generates a key).
 
 Failures never end the loop and are logged in one line each, without traceback or secret, once while
@@ -31,10 +31,10 @@ directory does. Its lines on `relay.service.revalidator`:
     WARNING notification 3 to https://hooks.example/relay not delivered (HTTP 500); next attempt after <time>
 
 A store failure during the checks is the tick's (one line, not one per tenant). DNS that cannot answer
-is no failure: the check says "could not check" and changes nothing (admin.lifecycle).
+is no failure: the check says "could not check" and changes nothing (relay.domains.lifecycle).
 
-This is the one place the relay reaches into the admin side (admin.revalidation, admin.notify,
-admin.lifecycle, admin.validation); they are to move to a shared core package, and this import with them.
+The checks themselves are relay/domains' (validation, lifecycle, revalidation, notify), the same code
+`relay-admin validate` and `revalidate` run.
 """
 
 from __future__ import annotations
@@ -44,13 +44,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from admin import lifecycle, notify
-from admin.dnscheck import DnsClient
-from admin.revalidation import CONCURRENCY, due_tenant_ids, revalidate
-from admin.validation import LEASE_MARGIN, ValidationReport, check_budget, lease_name
 from relay.core.metrics import Metrics
 from relay.core.settings import Settings
 from relay.core.store import Store, StoreError, StoreMissing, utcnow
+from relay.domains import lifecycle, notify
+from relay.domains.dnscheck import DnsClient
+from relay.domains.revalidation import CONCURRENCY, due_tenant_ids, revalidate
+from relay.domains.validation import (
+    LEASE_MARGIN,
+    ValidationReport,
+    check_budget,
+    lease_name,
+)
 
 log = logging.getLogger("relay.revalidator")
 
@@ -226,7 +231,7 @@ class Revalidator:
         return due
 
     def _log_deliveries(self, deliveries: list[notify.Delivery]) -> None:
-        """One line per failed attempt that will be retried (one given up is logged by admin.notify)."""
+        """One line per failed attempt that will be retried (one given up is logged by relay.domains.notify)."""
         url = notify.where(self._settings.notify_url or "")
         for delivery in deliveries:
             if not delivery.delivered and delivery.retry_at is not None:

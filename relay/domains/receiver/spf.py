@@ -11,9 +11,9 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass, replace
 
-from admin.receiver.lookup import DnsAnswer, DnsLookup
-from admin.receiver.model import Check, Result
-from admin.receiver.spfrecord import (
+from relay.domains.receiver.lookup import DnsAnswer, DnsLookup
+from relay.domains.receiver.model import Check, Result
+from relay.domains.receiver.spfrecord import (
     IpAddress,
     MacroContext,
     Mechanism,

@@ -7,7 +7,7 @@ record applies (RFC 7489 6.6.3), and publishing ours would replace it with `p=no
 
 A sender address below the domain (facturen@mail.beta.test, domain beta.test) is judged as
 receivers judge it: against the From domain, its policy found by the tree walk from
-`_dmarc.<From domain>` up (`admin.receiver.dmarc`, RFC 7489 6.6.3 / RFC 9989 4.10). We sign
+`_dmarc.<From domain>` up (`relay.domains.receiver.dmarc`, RFC 7489 6.6.3 / RFC 9989 4.10). We sign
 d=<domain>, so a policy with adkim=s there means DKIM never aligns: `mismatch`, with the fix. It
 stays optional (not required): the SPEC calls DMARC advice, and the relay's own records are in
 order; a strict policy is the customer's choice, so we say plainly what it breaks instead of
@@ -20,14 +20,14 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from admin.checks.common import Findings, Outcome, could_not_check, found_at
-from admin.dnscheck import Answer, DnsError, Question
-from admin.records import DnsRecord
-from admin.taglist import TagListError, parse_tag_list
 from relay.core.models import CheckStatus, Sender
+from relay.domains.checks.common import Findings, Outcome, could_not_check, found_at
+from relay.domains.dnscheck import Answer, DnsError, Question
+from relay.domains.records import DnsRecord
+from relay.domains.taglist import TagListError, parse_tag_list
 
 if TYPE_CHECKING:
-    from admin.receiver.dmarc import Published
+    from relay.domains.receiver.dmarc import Published
 
 POLICIES = ("none", "quarantine", "reject")
 EXISTING = "one valid v=DMARC1 record (an existing record is kept, never replaced)"
@@ -51,8 +51,8 @@ def from_domain(sender: Sender) -> str:
 
 def _walk(domain: str) -> list[str]:
     """The receivers' tree walk (RFC 9989 4.10) without the top-level domain, which we never ask."""
-    from admin.receiver.dmarc import (
-        walk_names,  # here: admin.receiver.dmarc imports this module
+    from relay.domains.receiver.dmarc import (
+        walk_names,  # here: relay.domains.receiver.dmarc imports this module
     )
 
     return [name for name in walk_names(domain) if "." in name]
@@ -83,7 +83,7 @@ def decide(record: DnsRecord, sender: Sender, findings: Findings) -> Outcome:
 
 def _published(name: str, findings: Findings) -> Published:
     """What `_dmarc.<name>` holds, as the receiver module reads it."""
-    from admin.receiver.dmarc import Published
+    from relay.domains.receiver.dmarc import Published
 
     finding = findings.get(Question(f"_dmarc.{name}", "TXT"))
     if isinstance(finding, DnsError):
@@ -94,7 +94,7 @@ def _published(name: str, findings: Findings) -> Published:
 
 def _decide_for_from(record: DnsRecord, sender: Sender, findings: Findings) -> Outcome:
     """A From domain below the signing domain: the policy receivers find for it, and alignment."""
-    from admin.receiver.dmarc import (
+    from relay.domains.receiver.dmarc import (
         DmarcRecordError,
         DnsTrouble,
         aligned,

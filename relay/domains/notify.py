@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from admin.lifecycle import default_holder
 from relay.core.models import CheckResult
 from relay.core.settings import Settings
 from relay.core.store import Notification, Store, utcnow
+from relay.domains.lifecycle import default_holder
 
 log = logging.getLogger("relay.notify")
 

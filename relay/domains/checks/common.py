@@ -14,7 +14,8 @@ from datetime import datetime
 import dns.exception
 import dns.name
 
-from admin.dnscheck import (
+from relay.core.models import CheckResult, CheckStatus
+from relay.domains.dnscheck import (
     Answer,
     DnsError,
     Failure,
@@ -23,8 +24,7 @@ from admin.dnscheck import (
     NxDomain,
     Question,
 )
-from admin.records import DnsRecord
-from relay.core.models import CheckResult, CheckStatus
+from relay.domains.records import DnsRecord
 
 Findings = Mapping[Question, Finding]
 

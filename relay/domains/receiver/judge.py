@@ -10,11 +10,11 @@ from email.parser import BytesHeaderParser
 
 import idna
 
-from admin.receiver.dkimcheck import check_dkim
-from admin.receiver.dmarc import check_dmarc
-from admin.receiver.lookup import DnsLookup
-from admin.receiver.model import Check, Result, Verdict
-from admin.receiver.spf import check_spf
+from relay.domains.receiver.dkimcheck import check_dkim
+from relay.domains.receiver.dmarc import check_dmarc
+from relay.domains.receiver.lookup import DnsLookup
+from relay.domains.receiver.model import Check, Result, Verdict
+from relay.domains.receiver.spf import check_spf
 
 _RETURN_PATH = re.compile(rb"Return-Path:[ \t]*<([^<>\r\n]*)>[ \t]*", re.I)
 _ENVELOPE_TO = re.compile(rb"X-Envelope-To:[ \t]*<([^<>\r\n]*)>[ \t]*", re.I)

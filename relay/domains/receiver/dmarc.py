@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from admin.checks.dmarc import POLICIES, is_dmarc
-from admin.receiver.dkimcheck import DkimOutcome
-from admin.receiver.lookup import DnsLookup
-from admin.receiver.model import Check, Result
-from admin.taglist import TagListError, parse_tag_list
+from relay.domains.checks.dmarc import POLICIES, is_dmarc
+from relay.domains.receiver.dkimcheck import DkimOutcome
+from relay.domains.receiver.lookup import DnsLookup
+from relay.domains.receiver.model import Check, Result
+from relay.domains.taglist import TagListError, parse_tag_list
 
 MAX_WALK = 8  # RFC 9989 4.10 (DNS tree walk): at most 8 names are asked
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.checks.common import (
+from relay.core.models import CheckStatus, Sender
+from relay.domains.checks.common import (
     Findings,
     Outcome,
     absence,
@@ -13,10 +14,9 @@ from admin.checks.common import (
     negative_ttl_note,
     own_data,
 )
-from admin.dkimrecord import Assessment, Verdict, assess, our_key
-from admin.dnscheck import Answer, DnsError, NoData, NxDomain, Question, Record
-from admin.records import DnsRecord
-from relay.core.models import CheckStatus, Sender
+from relay.domains.dkimrecord import Assessment, Verdict, assess, our_key
+from relay.domains.dnscheck import Answer, DnsError, NoData, NxDomain, Question, Record
+from relay.domains.records import DnsRecord
 
 OTHER_TYPES = ("A", "AAAA", "MX")  # asked to say what *is* at a name without TXT
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from admin.checks.common import (
+from relay.core.models import CheckStatus
+from relay.domains.checks.common import (
     Findings,
     Outcome,
     absence,
@@ -11,9 +12,8 @@ from admin.checks.common import (
     own_data,
     same_name,
 )
-from admin.dnscheck import Answer, DnsError, NoData, NxDomain, Question
-from admin.records import DnsRecord
-from relay.core.models import CheckStatus
+from relay.domains.dnscheck import Answer, DnsError, NoData, NxDomain, Question
+from relay.domains.records import DnsRecord
 
 DATA_TYPES = ("A", "AAAA", "TXT", "MX")  # other data that may sit at the name
 COPIED_TYPES = ("A", "AAAA", "TXT")  # what a flattened CNAME copies from the target (TXT: SPF)

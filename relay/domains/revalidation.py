@@ -1,8 +1,8 @@
 """Re-validation of many tenants: `relay-admin revalidate` (cron) and the relay's own periodic loop.
 
-Each tenant is checked by `admin.validation.validate_tenant` under its lease `revalidate:<tenant>`,
+Each tenant is checked by `relay.domains.validation.validate_tenant` under its lease `revalidate:<tenant>`,
 so with several relay workers or instances sharing one store exactly one of them checks a given
-tenant; the others skip it. Which tenants are due is `admin.lifecycle.due`.
+tenant; the others skip it. Which tenants are due is `relay.domains.lifecycle.due`.
 
 For the relay's loop (every few minutes, say):
 
@@ -18,23 +18,23 @@ import asyncio
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from admin import lifecycle
-from admin.dnscheck import DnsClient
-from admin.validation import (
+from relay.core.settings import Settings
+from relay.core.store import Store
+from relay.domains import lifecycle
+from relay.domains.dnscheck import DnsClient
+from relay.domains.validation import (
     GONE,
     NOT_CHECKED,
     UnknownTenant,
     ValidationReport,
     validate_tenant,
 )
-from relay.core.settings import Settings
-from relay.core.store import Store
 
 CONCURRENCY = 8  # tenants checked at once; each asks all its questions concurrently already
 
 
 def due_tenant_ids(store: Store, now: datetime, interval: timedelta) -> list[str]:
-    """The tenants whose next check is due (`admin.lifecycle.due`)."""
+    """The tenants whose next check is due (`relay.domains.lifecycle.due`)."""
     return [t.id for t in store.list_tenants() if lifecycle.due(t, now, interval)]
 
 

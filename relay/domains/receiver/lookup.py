@@ -1,6 +1,6 @@
-"""The DNS questions a receiver asks (TXT, addresses, MX) as plain answers, on admin.dnscheck's client.
+"""The DNS questions a receiver asks (TXT, addresses, MX) as plain answers, on relay.domains.dnscheck's client.
 
-`ResolverLookup` adds nothing to how questions are asked: `admin.dnscheck.DnsClient` already asks
+`ResolverLookup` adds nothing to how questions are asked: `relay.domains.dnscheck.DnsClient` already asks
 `RELAY_NAMESERVERS` (or the domain's own servers) without a cache, with EDNS, over TCP when an
 answer is truncated, follows CNAME chains, and turns dnspython's errors into findings. Here a finding
 becomes a `DnsAnswer`; a `DnsError` (SERVFAIL, REFUSED, timeout) becomes `error`, never an absence.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from admin.dnscheck import Answer, DnsClient, DnsError, Finding, NxDomain
 from relay.core.settings import Settings
+from relay.domains.dnscheck import Answer, DnsClient, DnsError, Finding, NxDomain
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DnsLookup(Protocol):
 
 
 class ResolverLookup:
-    """`DnsLookup` over `admin.dnscheck.DnsClient` (no cache: a record just published is seen)."""
+    """`DnsLookup` over `relay.domains.dnscheck.DnsClient` (no cache: a record just published is seen)."""
 
     def __init__(self, client: DnsClient) -> None:
         self._client = client

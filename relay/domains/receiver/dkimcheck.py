@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import dkim
 from cryptography.hazmat.primitives import serialization
 
-from admin.receiver.lookup import DnsAnswer, DnsLookup
-from admin.receiver.model import Check, Result
-from admin.taglist import TagListError, parse_tag_list
+from relay.domains.receiver.lookup import DnsAnswer, DnsLookup
+from relay.domains.receiver.model import Check, Result
+from relay.domains.taglist import TagListError, parse_tag_list
 
 _LOG = logging.getLogger(__name__)  # dkimpy's debug output goes here, never to the user
 _ORDER = (Result.PASS, Result.TEMPERROR, Result.FAIL, Result.PERMERROR)  # what one failing set shows

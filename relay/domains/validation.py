@@ -9,9 +9,9 @@ loop), SPEC.md "Lifecycle":
 2. Read the tenant and its keys, ask DNS (bounded by `check_budget`), judge each record.
 3. In one write transaction, read the sender and keys again: if they changed while DNS was being
    asked (a `tenant set`, a rotation), the result is about records that no longer apply and is
-   discarded, saying so. Otherwise store the checks, apply the status rule (`admin.lifecycle`),
+   discarded, saying so. Otherwise store the checks, apply the status rule (`relay.domains.lifecycle`),
    promote a `next` key seen published, and for a status change write the audit entry and the
-   webhook notification (`admin.notify`) in that same transaction. Only the lifecycle's columns of
+   webhook notification (`relay.domains.notify`) in that same transaction. Only the lifecycle's columns of
    the tenant are written, never the whole row.
 4. After the commit, log the change on `relay.lifecycle`, and release the lease.
 """
@@ -25,13 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from admin import lifecycle
-from admin.checks import dkim, dmarc, return_path
-from admin.checks.common import Findings, Outcome, stamp
-from admin.dnscheck import DnsClient, Question
-from admin.lifecycle import Promotion, Transition
-from admin.notify import status_event
-from admin.records import DnsRecord, records_for
 from relay.core.models import (
     AuditEntry,
     CheckResult,
@@ -44,6 +37,13 @@ from relay.core.models import (
 )
 from relay.core.settings import Settings
 from relay.core.store import Store, utcnow
+from relay.domains import lifecycle
+from relay.domains.checks import dkim, dmarc, return_path
+from relay.domains.checks.common import Findings, Outcome, stamp
+from relay.domains.dnscheck import DnsClient, Question
+from relay.domains.lifecycle import Promotion, Transition
+from relay.domains.notify import status_event
+from relay.domains.records import DnsRecord, records_for
 
 log = logging.getLogger("relay.lifecycle")
 
@@ -153,7 +153,7 @@ async def check_records(
 
 
 def outcome_of(checks: Sequence[CheckResult]) -> str:
-    """What DNS said about the checks that count (`admin.lifecycle.counted_checks`)."""
+    """What DNS said about the checks that count (`relay.domains.lifecycle.counted_checks`)."""
     required = [c for c in checks if c.required]
     if any(c.status is CheckStatus.ERROR for c in required):
         return COULD_NOT_CHECK

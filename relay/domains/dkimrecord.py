@@ -11,8 +11,8 @@ from enum import StrEnum
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from admin.taglist import TagListError, parse_tag_list
 from relay.core.dkimkeys import MIN_KEY_BITS, public_key_b64
+from relay.domains.taglist import TagListError, parse_tag_list
 
 MAX_STRING = 255  # one DNS character-string (RFC 1035 3.3); longer TXT data needs several
 
@@ -49,7 +49,7 @@ class Assessment:
 
 
 def our_key(record_value: str) -> rsa.RSAPublicKey:
-    """The public key in the record value we issued (`admin.records.dkim_value`)."""
+    """The public key in the record value we issued (`relay.domains.records.dkim_value`)."""
     tags = dict(parse_tag_list(record_value))
     key = serialization.load_der_public_key(base64.b64decode(tags["p"]))
     if not isinstance(key, rsa.RSAPublicKey):
