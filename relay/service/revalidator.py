@@ -16,10 +16,12 @@ A status change bumps the store's generation: this worker's directory is asked t
 others see it within RELAY_RELOAD_INTERVAL, and mail follows (a failed tenant's mail leaves as the
 platform sender). The change itself is logged on `relay.lifecycle` by `relay.domains.validation`.
 
-Mail is not held up: DNS is asked asynchronously on the worker's event loop, and the loop has a store
-connection of its own, so the directory never waits for it. Its store statements are short and
-synchronous (relay.domains.validation calls the store directly); a write may wait for another process's write
-lock (`tenant set` holds it ~100 ms while it generates a key).
+Mail is not held up: the loop runs in a thread of its own with its own event loop and its own store
+connection. Its store statements are synchronous (relay.domains.validation calls the store directly): a
+write may wait for another process's write lock (`tenant set` holds it ~100 ms while it generates a
+key), and a PostgreSQL server that has gone away holds a statement for the connect timeout; on the
+worker's event loop either would stall every SMTP session of the worker. Only `changed` (the
+directory's look at the store) is handed back to the worker's loop.
 
 Failures never end the loop and are logged in one line each, without traceback or secret, once while
 they repeat; the next tick tries again. While the store does not exist yet the loop waits for it, as the
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -114,20 +117,56 @@ class Revalidator:
         self._last_error = ""  # the tick's last failure, logged once while it repeats
         self._tenant_errors: dict[str, str] = {}  # each tenant's last failure, likewise
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the thread's own loop, once started
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Run the loop as a background task of the running event loop."""
-        self._task = asyncio.create_task(self.run_forever(), name="revalidator")
+        """Run the loop in a thread of its own (see the module's docstring); `changed` is then awaited on
+        the event loop that called `start`, where the directory lives."""
+        worker_loop = asyncio.get_running_loop()
+        changed = self._changed
+        if changed is not None:
+            async def on_worker_loop() -> None:
+                await changed()
+
+            async def changed_on_worker_loop() -> None:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(on_worker_loop(), worker_loop))
+
+            self._changed = changed_on_worker_loop
+        loop = self._loop = asyncio.new_event_loop()
+        self._task = loop.create_task(self.run_forever(), name="revalidator")
+        task = self._task
+
+        def run() -> None:
+            try:
+                loop.run_until_complete(asyncio.wait([task]))  # until cancelled
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="revalidator", daemon=True)
+        self._thread.start()
 
     def cancel(self) -> None:
         """Stop at the next await (leases are released as the tick unwinds)."""
-        if self._task is not None:
+        if self._task is None:
+            return
+        if self._loop is None:
             self._task.cancel()
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        except RuntimeError:
+            pass  # its loop has already ended
 
     async def stop(self) -> None:
         """Cancel the loop, let a tick under way unwind (bounded), then close the store it opened."""
         self.cancel()
-        if self._task is not None:
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, STOP_TIMEOUT)
+            if self._thread.is_alive():
+                log.warning("revalidation did not stop within %gs; left to end with the process", STOP_TIMEOUT)
+                return  # its store is still in use by that thread: not closed under it
+        elif self._task is not None:
             await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
         if self._store is not None:
             self._store.close()
