@@ -10,15 +10,26 @@ The store may become unreachable mid-run (server gone, failover): the relay keep
 snapshot in memory, logs one line when the outage starts and one when the store answers again, and
 `failing` tells a login not to wait for a store that is known to be down.
 
-Each snapshot is read in one read transaction (`Store.read_snapshot`), never torn across a change
-committed while it is read. A reload is logged only when what the relay serves changed (`changes`): an
-audit row or a new user also moves the generation, and says nothing.
+A reload applies what changed, not everything: the store logs which tenant or client each generation
+changed, and `Store.read_changes(since)` hands over only those, as they are now. The next snapshot is
+a copy of the current one with just those entries replaced: only a changed tenant's key file is looked
+at (and read, when its identity on disk moved), every other tenant keeps its very Tenant and signer
+objects. With thousands of tenants a change costs what one tenant costs, on every worker of every relay.
+The full read (`Store.read_snapshot`) remains for the first load, `load()`, and a relay further behind
+than the store's log reaches (`read_changes` answers None).
+
+Each snapshot or change set is read in one read transaction, never torn across a change committed
+while it is read. A reload is logged only when what the relay serves changed (`changes`): an audit
+row or a new user also moves the generation, and says nothing.
 
 The store may not exist yet (a fresh install): the directory then serves nothing and tries to open it
 at every poll, never creating it (`relay-admin user add` does).
 
 Keys are loaded once and kept in memory; a key file is read again only when its identity on disk changes
-(tenant, selector, domain, inode, mtime, ctime: a `chmod` changes ctime). Keys fail closed per tenant: a
+(tenant, selector, domain, inode, mtime, ctime: a `chmod` changes ctime). A look that finds the
+generation unchanged checks every key file's identity (the store logs no file swapped behind its
+back), and the next reload reads only the files that moved; a look that finds the generation moved
+reads the change set at once and leaves the other files to the next look. Keys fail closed per tenant: a
 broken key leaves that tenant without a signer (451 4.3.5 at send time) and logs one line naming
 tenant and selector; other tenants are unaffected. Broken means missing, unreadable, too open, not an
 RSA key of at least 2048 bits, outside the keys directory or reached through a symlink (relay.core.dkimkeys),
@@ -30,16 +41,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.core.dkimkeys import KeyFileError, key_file_path, load_private_key
 from relay.core.logs import plural
 from relay.core.models import Client, DkimKey, KeyState, Tenant
 from relay.core.replies import KEY_UNAVAILABLE, ReplyError
-from relay.core.store import Store, StoreMissing
+from relay.core.store import Store, StoreChanges, StoreMissing
 from relay.mail.signer import DkimSigner
 
 log = logging.getLogger("relay.directory")
@@ -53,6 +66,13 @@ class ChangeFeed(Protocol):
     """A store that can tell when `generation()` moved (relay.core.store.postgres.PostgresStore)."""
 
     def wait_for_change(self, timeout: float) -> bool: ...
+
+
+class KeyLoader(Protocol):
+    """Reads and checks one tenant's private key (relay.core.dkimkeys.load_private_key); a seam, so a
+    test can count which key files a reload read."""
+
+    def __call__(self, keys_dir: Path, relative: str, *, public_key: str) -> rsa.RSAPrivateKey: ...
 
 
 @dataclass(frozen=True)
@@ -100,41 +120,69 @@ def _compare(old: Mapping[str, Hashable], new: Mapping[str, Hashable], noun: str
     return [f"{plural(count, noun)} {verb}" for count, verb in counts if count]
 
 
-def _served_tenants(snapshot: Snapshot) -> dict[str, Hashable]:
+@dataclass(frozen=True)
+class Touched:
+    """The tenants and clients a reload may have changed: all that `changes` needs to compare (every
+    other entry of the new snapshot is the old one's very object)."""
+
+    tenants: frozenset[str]
+    clients: frozenset[str]
+
+
+def _among(view: Mapping[str, object], ids: Collection[str] | None) -> Collection[str]:
+    """The ids of `view` to compare: all of them, or those of `ids` it holds."""
+    return view.keys() if ids is None else [i for i in ids if i in view]
+
+
+def _served_tenants(snapshot: Snapshot, ids: Collection[str] | None = None) -> dict[str, Hashable]:
     """Each tenant as the relay acts on it: sender and status (timestamps change nothing it does)."""
-    return {tid: (tenant.sender, tenant.status) for tid, tenant in snapshot.tenants.items()}
+    return {tid: (snapshot.tenants[tid].sender, snapshot.tenants[tid].status)
+            for tid in _among(snapshot.tenants, ids)}
 
 
-def _served_clients(snapshot: Snapshot) -> dict[str, Hashable]:
+def _served_clients(snapshot: Snapshot, ids: Collection[str] | None = None) -> dict[str, Hashable]:
     """Each client as the relay acts on it: secret hash, scope and networks."""
-    return {name: (client.secret_hash, client.all_tenants, client.tenants, client.networks)
-            for name, client in snapshot.clients.items()}
+    clients = snapshot.clients
+    return {name: (clients[name].secret_hash, clients[name].all_tenants, clients[name].tenants,
+                   clients[name].networks)
+            for name in _among(clients, ids)}
 
 
-def _served_keys(snapshot: Snapshot, tenants: set[str]) -> dict[str, Hashable]:
+def _served_keys(snapshot: Snapshot, tenants: Collection[str]) -> dict[str, Hashable]:
     """Each tenant's signing key as the relay sees it: selector, file and that file's identity on disk."""
     keys = {tid: snapshot.keys.get(tid) for tid in tenants}
     return {tid: (key.selector, key.key_file, snapshot.stamps.get(tid)) if key else None for tid, key in keys.items()}
 
 
-def changes(old: Snapshot, new: Snapshot) -> list[str]:
-    """What a reload changed in what the relay serves, e.g. `["1 tenant changed", "1 client added"]`."""
-    kept = old.tenants.keys() & new.tenants.keys()  # an added tenant's key is part of "tenant added"
-    return (_compare(_served_tenants(old), _served_tenants(new), "tenant")
-            + _compare(_served_clients(old), _served_clients(new), "client")
+def changes(old: Snapshot, new: Snapshot, among: Touched | None = None) -> list[str]:
+    """What a reload changed in what the relay serves, e.g. `["1 tenant changed", "1 client added"]`.
+
+    `among`: only these tenants and clients can differ (an applied change set), so only they are
+    compared, not every tenant; None compares everything (a full snapshot)."""
+    tenant_ids = None if among is None else among.tenants
+    client_ids = None if among is None else among.clients
+    # An added tenant's key is part of "tenant added": keys are compared for kept tenants only.
+    kept = [tid for tid in _among(old.tenants, tenant_ids) if tid in new.tenants]
+    return (_compare(_served_tenants(old, tenant_ids), _served_tenants(new, tenant_ids), "tenant")
+            + _compare(_served_clients(old, client_ids), _served_clients(new, client_ids), "client")
             + _compare(_served_keys(old, kept), _served_keys(new, kept), "key"))
 
 
+Entry = tuple[DkimSigner | KeyProblem, DkimKey | None, KeyStamp | None]  # a tenant's signer, active key, stamp
+
+
 class Directory:
-    """Holds the current snapshot; `load()` builds the next one, reusing signers whose file is unchanged.
+    """Holds the current snapshot; `load()` reads the store in full, `reload()` applies what changed since
+    (a full read when the store's log does not cover it); both keep signers whose key file is unchanged.
 
     `store` is the store to read, or None to open it with `opener` once it exists (the directory then
-    owns it, and `close()` closes it).
+    owns it, and `close()` closes it). `load_key` reads one key file (the real one unless a test counts).
     """
 
     def __init__(self, store: Store | None, *, keys_dir: Path, reload_interval: float,
-                 opener: Callable[[], Store] | None = None) -> None:
+                 opener: Callable[[], Store] | None = None, load_key: KeyLoader = load_private_key) -> None:
         self._store = store
+        self._load_key = load_key
         self._opener = opener
         self._owned: Store | None = None
         self._keys_dir = keys_dir
@@ -161,7 +209,8 @@ class Directory:
         return True
 
     def load(self) -> Snapshot:
-        """Build and install a snapshot now (blocking: the store and key files are read)."""
+        """Build and install a full snapshot now (blocking: the whole store is read, and every key file
+        whose identity on disk is new)."""
         self._attach()
         if self._store is not None:
             self.current = self._build(self.current)
@@ -182,22 +231,62 @@ class Directory:
         keys: dict[str, DkimKey] = {}
         stamps: dict[str, KeyStamp | None] = {}
         for tenant in tenants.values():
-            key = active_key(by_tenant.get(tenant.id, []))
-            if key is None:
-                signers[tenant.id] = KeyProblem(selector="-", reason="no active key")
-                continue
-            keys[tenant.id] = key
-            stamps[tenant.id] = stamp = _stamp(self._keys_dir, key, tenant.sender.domain)
-            old = previous.signers.get(tenant.id)
-            if stamp is not None and previous.stamps.get(tenant.id) == stamp and isinstance(old, DkimSigner):
-                signers[tenant.id] = old
-            else:
-                signers[tenant.id] = self._signer(tenant, key, stamp)
+            self._place(tenant, active_key(by_tenant.get(tenant.id, [])), previous, signers, keys, stamps)
         return Snapshot(generation, tenants, clients, signers, keys, stamps)
+
+    def _apply(self, previous: Snapshot, changed: StoreChanges, moved: Collection[str]) -> tuple[Snapshot, Touched]:
+        """`previous` with one change set applied, and the key files in `moved` (their identity on disk
+        changed) looked at again. Copies of the maps, so a session holding `previous` keeps a whole,
+        unchanging snapshot; every entry not in the change set is the very object it was."""
+        tenants = dict(previous.tenants)
+        clients = dict(previous.clients)
+        signers = dict(previous.signers)
+        keys = dict(previous.keys)
+        stamps = dict(previous.stamps)
+        for tid in changed.removed_tenants:
+            tenants.pop(tid, None)
+            signers.pop(tid, None)
+            keys.pop(tid, None)
+            stamps.pop(tid, None)
+        by_tenant: dict[str, list[DkimKey]] = {}
+        for stored in changed.keys:
+            by_tenant.setdefault(stored.tenant, []).append(stored)
+        for tenant in changed.tenants:
+            tenants[tenant.id] = tenant
+            self._place(tenant, active_key(by_tenant.get(tenant.id, [])), previous, signers, keys, stamps)
+        in_change_set = {tenant.id for tenant in changed.tenants}
+        for tid in moved:  # a key file swapped on disk while the store stayed as it was
+            if tid in tenants and tid not in in_change_set:
+                self._place(tenants[tid], keys.get(tid), previous, signers, keys, stamps)
+        for name in changed.removed_clients:
+            clients.pop(name, None)
+        for client in changed.clients:
+            clients[client.name] = client
+        touched = Touched(tenants=frozenset([*in_change_set, *changed.removed_tenants, *moved]),
+                          clients=frozenset([*(c.name for c in changed.clients), *changed.removed_clients]))
+        return Snapshot(changed.generation, tenants, clients, signers, keys, stamps), touched
+
+    def _place(self, tenant: Tenant, key: DkimKey | None, previous: Snapshot,
+               signers: dict[str, DkimSigner | KeyProblem], keys: dict[str, DkimKey],
+               stamps: dict[str, KeyStamp | None]) -> None:
+        """Put `tenant`'s signer, active key and key file stamp into the maps of the next snapshot; the
+        previous signer is kept while its key file is the same file (identity on disk), else it is read."""
+        if key is None:
+            signers[tenant.id] = KeyProblem(selector="-", reason="no active key")
+            keys.pop(tenant.id, None)
+            stamps.pop(tenant.id, None)
+            return
+        keys[tenant.id] = key
+        stamps[tenant.id] = stamp = _stamp(self._keys_dir, key, tenant.sender.domain)
+        old = previous.signers.get(tenant.id)
+        if stamp is not None and previous.stamps.get(tenant.id) == stamp and isinstance(old, DkimSigner):
+            signers[tenant.id] = old
+        else:
+            signers[tenant.id] = self._signer(tenant, key, stamp)
 
     def _signer(self, tenant: Tenant, key: DkimKey, stamp: KeyStamp | None) -> DkimSigner | KeyProblem:
         try:
-            private = load_private_key(self._keys_dir, key.key_file, public_key=key.public_key_b64)
+            private = self._load_key(self._keys_dir, key.key_file, public_key=key.public_key_b64)
             return DkimSigner(private_key=private, domain=tenant.sender.domain, selector=key.selector)
         except (KeyFileError, ReplyError, ValueError) as exc:
             reason = getattr(exc, "detail", None) or str(exc)  # SigningKeyError keeps its reason in detail
@@ -206,25 +295,39 @@ class Directory:
                 log.error("dkim key unusable: tenant=%s selector=%s: %s", tenant.id, key.selector, reason)
             return KeyProblem(selector=key.selector, reason=reason)
 
-    def _changed(self) -> bool:
+    def _look(self) -> frozenset[str] | None:
+        """None when nothing changed; else the tenants whose key file changed on disk (none are named
+        when the generation moved: the change set is read at once, the files are looked at next time)."""
         snapshot = self.current
         if self._store is None:
-            return False
+            return None
         if self._store.generation() != snapshot.generation:
-            return True
-        return any(
-            _stamp(self._keys_dir, key, snapshot.tenants[tenant].sender.domain) != snapshot.stamps.get(tenant)
-            for tenant, key in snapshot.keys.items()
+            return frozenset()
+        moved = frozenset(
+            tenant for tenant, key in snapshot.keys.items()
+            if _stamp(self._keys_dir, key, snapshot.tenants[tenant].sender.domain) != snapshot.stamps.get(tenant)
         )
+        return moved or None
+
+    def _next(self, previous: Snapshot, moved: Collection[str]) -> tuple[Snapshot, Touched | None]:
+        """The snapshot after `previous`: its change set applied, or a full read when the store's log does
+        not cover every change since `previous` (or there is none yet); `Touched` None after a full read."""
+        assert self._store is not None
+        if previous.generation >= 0:
+            changed = self._store.read_changes(previous.generation)
+            if changed is not None:
+                return self._apply(previous, changed, moved)
+        return self._build(previous), None
 
     async def reload(self) -> list[str]:
-        """Open the store once it exists, rebuild on any change; what changed in what the relay serves."""
+        """Open the store once it exists, apply any change; what changed in what the relay serves."""
         opened = await asyncio.to_thread(self._attach)
-        if not (opened or await asyncio.to_thread(self._changed)):
+        moved = None if opened else await asyncio.to_thread(self._look)
+        if not opened and moved is None:
             return []
         previous = self.current
-        self.current = await asyncio.to_thread(self._build, previous)
-        return (["store opened"] if opened else []) + changes(previous, self.current)
+        self.current, touched = await asyncio.to_thread(self._next, previous, moved or ())
+        return (["store opened"] if opened else []) + changes(previous, self.current, touched)
 
     @property
     def failing(self) -> bool:

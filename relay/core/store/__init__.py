@@ -5,10 +5,14 @@ psycopg only when a postgresql:// store is opened).
 """
 
 from relay.core.store.base import (
+    KEEP_CHANGES,
+    Changed,
+    ChangeKind,
     Notification,
     Store,
     StoreError,
     StoreMissing,
+    StoreChanges,
     StoreSnapshot,
     WebSession,
     open_store,
@@ -18,6 +22,7 @@ from relay.core.store.base import (
 from relay.core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 __all__ = [
-    "MIGRATIONS", "SCHEMA_VERSION", "Notification", "SqliteStore", "Store", "StoreError", "StoreMissing",
-    "StoreSnapshot", "WebSession", "open_store", "store_location", "utcnow",
+    "KEEP_CHANGES", "MIGRATIONS", "SCHEMA_VERSION", "ChangeKind", "Changed", "Notification", "SqliteStore", "Store",
+    "StoreChanges", "StoreError", "StoreMissing", "StoreSnapshot", "WebSession", "open_store", "store_location",
+    "utcnow",
 ]

@@ -17,7 +17,9 @@ Same behaviour as `SqliteStore`, for several relay and admin instances sharing o
   connection, a statement and a lock wait each have a bound, and the pool checks a connection before
   handing it out, so after a server restart or failover the next call simply works again.
 - **Changes.** A transaction that moves `generation()` also sends `NOTIFY relay_generation` (delivered
-  on commit); `wait_for_change(timeout)` waits for one on a LISTEN connection of its own.
+  on commit); `wait_for_change(timeout)` waits for one on a LISTEN connection of its own. Each bump
+  writes its row of the change log in the same transaction; `read_changes` reads what moved since a
+  generation in one `REPEATABLE READ` transaction, as `read_snapshot` does.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ from relay.core.models import (
     User,
 )
 from relay.core.store.base import (
+    KEEP_CHANGES,
+    Changed,
+    ChangeKind,
     Notification,
+    StoreChanges,
     StoreError,
     StoreMissing,
     StoreSnapshot,
@@ -137,6 +143,10 @@ PG_MIGRATIONS: list[str] = [
     CREATE TABLE signin_failures (key TEXT NOT NULL, time TIMESTAMPTZ NOT NULL);
     CREATE INDEX signin_failures_key ON signin_failures(key, time);
     """,
+    # 5: the change log, one row per generation bump (see relay/core/store/sqlite.py).
+    """
+    CREATE TABLE changes (generation BIGINT PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL);
+    """,
 ]
 
 
@@ -208,7 +218,10 @@ class PostgresStore:
     """PostgreSQL backend; safe to share between threads (each thread's transaction has its own connection)."""
 
     def __init__(self, url: str, *, create: bool = True, timeouts: Timeouts = Timeouts(),
-                 max_connections: int = 5) -> None:
+                 max_connections: int = 5, keep_changes: int = KEEP_CHANGES) -> None:
+        if keep_changes < 1:
+            raise ValueError("keep_changes must be at least 1: the newest generation's change is always kept")
+        self._keep_changes = keep_changes
         self._url = url  # with its password: only libpq and the redaction see it
         self.location = redact(url)
         self._timeouts = timeouts
@@ -378,16 +391,26 @@ class PostgresStore:
             self._local.failed = True
             raise self._error(doing, exc) from None
 
-    def _write(self, sql: str, params: tuple[Any, ...] = (), *, bump: bool = True) -> int:
-        """Run one write; `bump=False` for rows the relay does not serve from (see SqliteStore._write)."""
+    def _write(self, sql: str, params: tuple[Any, ...] = (), *, served: Changed | None) -> int:
+        """Run one write; `served` names the tenant or client it changed, None for rows the relay does
+        not serve from (see SqliteStore._write)."""
         with self.transaction():
             conn = self._local.conn
             assert conn is not None
             count = self._run(conn, "refused a write", sql, params).rowcount
-            if bump:
-                self._run(conn, "refused a write", "UPDATE meta SET value = value + 1 WHERE key = 'generation'", ())
-                self._local.bumped = True
+            if served is not None:
+                self._bump(conn, served)
             return count
+
+    def _bump(self, conn: Conn, served: Changed) -> None:
+        """Move the generation and log what for, in the caller's transaction (see SqliteStore._bump);
+        under the write lock, so generations are handed out one at a time across every instance."""
+        self._run(conn, "refused a write", "UPDATE meta SET value = value + 1 WHERE key = 'generation'", ())
+        self._run(conn, "refused a write", "INSERT INTO changes (generation, kind, key) SELECT value, %s, %s "
+                  "FROM meta WHERE key = 'generation'", (served.kind.value, served.key))
+        self._run(conn, "refused a write", "DELETE FROM changes WHERE generation <= "
+                  "(SELECT value FROM meta WHERE key = 'generation') - %s", (self._keep_changes,))
+        self._local.bumped = True
 
     def _first(self, sql: str, params: tuple[Any, ...], build: Callable[[Row], _T]) -> _T | None:
         """`build` of the first row `sql` finds, or None when it finds none."""
@@ -439,14 +462,39 @@ class PostgresStore:
             return StoreSnapshot(generation=self.generation(), tenants=self.list_tenants(),
                                  keys=self.list_keys(), clients=self.list_clients())
 
+    def read_changes(self, since: int) -> StoreChanges | None:
+        """What changed after generation `since`, as of one moment (one REPEATABLE READ transaction);
+        None when the log does not hold every change after `since` (see SqliteStore.read_changes)."""
+        with self.read_transaction():
+            generation = self.generation()
+            # Every generation after `since` must have its row (see SqliteStore.read_changes).
+            if since > generation or self._rows("SELECT count(*) AS n FROM changes WHERE generation > %s",
+                                                (since,))[0]["n"] != generation - since:
+                return None
+            changed = "SELECT key FROM changes WHERE kind = %s AND generation > %s"
+            tenant_ids = set(self._column("key", changed, (ChangeKind.TENANT.value, since)))
+            names = set(self._column("key", changed, (ChangeKind.CLIENT.value, since)))
+            tenants = [_tenant(row) for row in self._rows(
+                f"SELECT * FROM tenants WHERE id IN ({changed}) ORDER BY id", (ChangeKind.TENANT.value, since))]
+            keys = [_key(row) for row in self._rows(
+                f"SELECT * FROM dkim_keys WHERE tenant IN ({changed}) ORDER BY tenant, created_at, selector",
+                (ChangeKind.TENANT.value, since))]
+            clients = [self._client(row) for row in self._rows(
+                f"SELECT * FROM clients WHERE name IN ({changed}) ORDER BY name", (ChangeKind.CLIENT.value, since))]
+            return StoreChanges(
+                generation=generation, tenants=tenants, keys=keys, clients=clients,
+                removed_tenants=sorted(tenant_ids - {tenant.id for tenant in tenants}),
+                removed_clients=sorted(names - {client.name for client in clients}),
+            )
+
     # users: the relay does not serve them, so their writes leave the generation alone
     def add_user(self, user: User) -> None:
         with self.transaction():
             self._write("INSERT INTO users (name, role, created_at, password_hash) VALUES (%s, %s, %s, %s)",
-                        (user.name, user.role.value, user.created_at, user.password_hash), bump=False)
+                        (user.name, user.role.value, user.created_at, user.password_hash), served=None)
             for tenant in user.tenants:
                 self._write("INSERT INTO user_tenants (user_name, tenant) VALUES (%s, %s)",
-                            (user.name, tenant), bump=False)
+                            (user.name, tenant), served=None)
 
     def get_user(self, name: str) -> User | None:
         return self._first("SELECT * FROM users WHERE name = %s", (name,), self._user)
@@ -475,6 +523,7 @@ class PostgresStore:
             (tenant.id, s.name, s.email, s.domain, s.return_path_label, tenant.status.value,
              tenant.created_at, tenant.updated_at, tenant.last_validated_at, tenant.verified_at,
              tenant.failing_since),
+            served=Changed.tenant(tenant.id),
         )
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -490,6 +539,7 @@ class PostgresStore:
                    remove_after) VALUES (%s, %s, %s, %s, %s, %s, %s)""",
             (key.tenant, key.selector, key.state.value, key.public_key_b64, key.key_file,
              key.created_at, key.remove_after),
+            served=Changed.tenant(key.tenant),
         )
 
     def list_keys(self, tenant_id: str | None = None) -> list[DkimKey]:
@@ -498,31 +548,36 @@ class PostgresStore:
         else:
             rows = self._rows("SELECT * FROM dkim_keys WHERE tenant = %s ORDER BY created_at, selector",
                               (tenant_id,))
-        return [
-            DkimKey(tenant=row["tenant"], selector=row["selector"], state=KeyState(row["state"]),
-                    public_key_b64=row["public_key"], key_file=row["key_file"],
-                    created_at=row["created_at"], remove_after=row["remove_after"])
-            for row in rows
-        ]
+        return [_key(row) for row in rows]
 
     def set_key_state(
         self, tenant_id: str, selector: str, state: KeyState, remove_after: datetime | None = None
     ) -> None:
         self._write("UPDATE dkim_keys SET state = %s, remove_after = %s WHERE tenant = %s AND selector = %s",
-                    (state.value, remove_after, tenant_id, selector))
+                    (state.value, remove_after, tenant_id, selector), served=Changed.tenant(tenant_id))
 
     def delete_key(self, tenant_id: str, selector: str) -> None:
-        self._write("DELETE FROM dkim_keys WHERE tenant = %s AND selector = %s", (tenant_id, selector))
+        self._write("DELETE FROM dkim_keys WHERE tenant = %s AND selector = %s", (tenant_id, selector),
+                    served=Changed.tenant(tenant_id))
 
     # clients
     def add_client(self, client: Client) -> None:
+        served = Changed.client(client.name)
         with self.transaction():
             self._write("INSERT INTO clients (name, secret_hash, all_tenants, created_at) VALUES (%s, %s, %s, %s)",
-                        (client.name, client.secret_hash, client.all_tenants, client.created_at))
+                        (client.name, client.secret_hash, client.all_tenants, client.created_at), served=served)
             for tenant in client.tenants:
-                self._write("INSERT INTO client_tenants VALUES (%s, %s)", (client.name, tenant))
+                self._write("INSERT INTO client_tenants VALUES (%s, %s)", (client.name, tenant), served=served)
             for network in client.networks:
-                self._write("INSERT INTO client_networks VALUES (%s, %s)", (client.name, network))
+                self._write("INSERT INTO client_networks VALUES (%s, %s)", (client.name, network), served=served)
+
+    def delete_client(self, name: str) -> bool:
+        """Remove a client with its scope and networks; False when there is no such client."""
+        served = Changed.client(name)
+        with self.transaction():
+            self._write("DELETE FROM client_tenants WHERE client = %s", (name,), served=served)
+            self._write("DELETE FROM client_networks WHERE client = %s", (name,), served=served)
+            return self._write("DELETE FROM clients WHERE name = %s", (name,), served=served) == 1
 
     def get_client(self, name: str) -> Client | None:
         return self._first("SELECT * FROM clients WHERE name = %s", (name,), self._client)
@@ -542,19 +597,20 @@ class PostgresStore:
     def set_client_secret(self, name: str, secret_hash: str) -> bool:
         """Replace a client's stored secret hash; False when there is no such client (bumps: the
         relay must see the new hash)."""
-        return self._write("UPDATE clients SET secret_hash = %s WHERE name = %s", (secret_hash, name)) == 1
+        return self._write("UPDATE clients SET secret_hash = %s WHERE name = %s", (secret_hash, name),
+                           served=Changed.client(name)) == 1
 
     # validation results: the latest complete set per tenant replaces the previous one
     def save_checks(self, tenant_id: str, checks: list[CheckResult]) -> None:
         with self.transaction():
-            self._write("DELETE FROM checks WHERE tenant = %s", (tenant_id,), bump=False)
+            self._write("DELETE FROM checks WHERE tenant = %s", (tenant_id,), served=None)
             for c in checks:
                 self._write(
                     """INSERT INTO checks (tenant, purpose, type, name, status, expected, found,
                            diagnosis, required, checked_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                     (tenant_id, c.purpose, c.type, c.name, c.status.value, c.expected, list(c.found),
                      c.diagnosis, c.required, c.checked_at),
-                    bump=False,
+                    served=None,
                 )
 
     def latest_checks(self, tenant_id: str) -> list[CheckResult]:
@@ -581,7 +637,7 @@ class PostgresStore:
                 """UPDATE tenants SET status = %s, failing_since = %s, verified_at = %s,
                        last_validated_at = %s WHERE id = %s""",
                 (status.value, failing_since, verified_at, last_validated_at, tenant_id),
-                bump=rows[0]["status"] != status.value,
+                served=Changed.tenant(tenant_id) if rows[0]["status"] != status.value else None,
             )
 
     # audit log: append-only
@@ -589,7 +645,7 @@ class PostgresStore:
         self._write(
             "INSERT INTO audit (time, actor, action, tenant, outcome, detail) VALUES (%s, %s, %s, %s, %s, %s)",
             (entry.time, entry.actor, entry.action, entry.tenant, entry.outcome, entry.detail),
-            bump=False,
+            served=None,
         )
 
     def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]:
@@ -611,12 +667,12 @@ class PostgresStore:
                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
                WHERE leases.holder = excluded.holder OR leases.expires_at <= %s""",
             (name, holder, until, now),
-            bump=False,
+            served=None,
         )
         return changed == 1
 
     def release_lease(self, name: str, holder: str) -> None:
-        self._write("DELETE FROM leases WHERE name = %s AND holder = %s", (name, holder), bump=False)
+        self._write("DELETE FROM leases WHERE name = %s AND holder = %s", (name, holder), served=None)
 
     # notifications: a transactional outbox for RELAY_NOTIFY_URL
     def add_notification(self, payload: str, now: datetime) -> int:
@@ -641,29 +697,29 @@ class PostgresStore:
 
     def notification_delivered(self, notification_id: int, now: datetime) -> None:
         self._write("""UPDATE notifications SET state = 'delivered', delivered_at = %s, attempts = attempts + 1
-                       WHERE id = %s""", (now, notification_id), bump=False)
+                       WHERE id = %s""", (now, notification_id), served=None)
 
     def notification_failed(self, notification_id: int, error: str, retry_at: datetime | None) -> None:
         """Count a failed attempt; `retry_at=None` gives up (kept, with its last error, for the record)."""
         if retry_at is None:
             self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = %s,
-                               state = 'abandoned' WHERE id = %s""", (error, notification_id), bump=False)
+                               state = 'abandoned' WHERE id = %s""", (error, notification_id), served=None)
         else:
             self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = %s,
                                next_attempt_at = %s WHERE id = %s""",
-                        (error, retry_at, notification_id), bump=False)
+                        (error, retry_at, notification_id), served=None)
 
     # sign-in: passwords and admin API tokens, only ever as hashes
     def set_password_hash(self, name: str, password_hash: str) -> bool:
         """Replace a user's password hash; False when there is no such user."""
         return self._write("UPDATE users SET password_hash = %s WHERE name = %s",
-                           (password_hash, name), bump=False) == 1
+                           (password_hash, name), served=None) == 1
 
     def add_token(self, token: ApiToken) -> None:
         self._write(
             "INSERT INTO tokens (prefix, user_name, token_hash, created_at, revoked_at) VALUES (%s, %s, %s, %s, %s)",
             (token.prefix, token.user, token.token_hash, token.created_at, token.revoked_at),
-            bump=False,
+            served=None,
         )
 
     def tokens_with_prefix(self, prefix: str) -> list[ApiToken]:
@@ -674,7 +730,7 @@ class PostgresStore:
     def revoke_token(self, prefix: str, now: datetime) -> int:
         """End the token(s) with `prefix` at `now`; how many were still live."""
         return self._write("UPDATE tokens SET revoked_at = %s WHERE prefix = %s AND revoked_at IS NULL",
-                           (now, prefix), bump=False)
+                           (now, prefix), served=None)
 
     # the admin web server's sessions and failed sign-ins: nothing the relay serves (no generation bump)
     def add_web_session(self, session: WebSession) -> None:
@@ -682,7 +738,7 @@ class PostgresStore:
             """INSERT INTO web_sessions (id_hash, user_name, csrf_token, created_at, expires_at)
                VALUES (%s, %s, %s, %s, %s)""",
             (session.id_hash, session.user, session.csrf_token, session.created_at, session.expires_at),
-            bump=False,
+            served=None,
         )
 
     def get_web_session(self, id_hash: str) -> WebSession | None:
@@ -694,16 +750,16 @@ class PostgresStore:
                           created_at=row["created_at"], expires_at=row["expires_at"])
 
     def delete_web_session(self, id_hash: str) -> None:
-        self._write("DELETE FROM web_sessions WHERE id_hash = %s", (id_hash,), bump=False)
+        self._write("DELETE FROM web_sessions WHERE id_hash = %s", (id_hash,), served=None)
 
     def delete_expired_web_sessions(self, now: datetime) -> int:
-        return self._write("DELETE FROM web_sessions WHERE expires_at <= %s", (now,), bump=False)
+        return self._write("DELETE FROM web_sessions WHERE expires_at <= %s", (now,), served=None)
 
     def add_signin_failure(self, key: str, time: datetime, *, forget_before: datetime) -> None:
         """Count a failed sign-in for `key` (`user:NAME`, `ip:ADDRESS`); older ones are forgotten."""
         with self.transaction():
-            self._write("DELETE FROM signin_failures WHERE time < %s", (forget_before,), bump=False)
-            self._write("INSERT INTO signin_failures (key, time) VALUES (%s, %s)", (key, time), bump=False)
+            self._write("DELETE FROM signin_failures WHERE time < %s", (forget_before,), served=None)
+            self._write("INSERT INTO signin_failures (key, time) VALUES (%s, %s)", (key, time), served=None)
 
     def signin_failures(self, key: str, since: datetime) -> list[datetime]:
         rows = self._rows("SELECT time FROM signin_failures WHERE key = %s AND time >= %s ORDER BY time",
@@ -711,7 +767,7 @@ class PostgresStore:
         return [row["time"] for row in rows]
 
     def clear_signin_failures(self, key: str) -> None:
-        self._write("DELETE FROM signin_failures WHERE key = %s", (key,), bump=False)
+        self._write("DELETE FROM signin_failures WHERE key = %s", (key,), served=None)
 
 
 def _tenant(row: Row) -> Tenant:
@@ -727,6 +783,12 @@ def _tenant(row: Row) -> Tenant:
         last_validated_at=row["last_validated_at"], verified_at=row["verified_at"],
         failing_since=row["failing_since"],
     )
+
+
+def _key(row: Row) -> DkimKey:
+    return DkimKey(tenant=row["tenant"], selector=row["selector"], state=KeyState(row["state"]),
+                   public_key_b64=row["public_key"], key_file=row["key_file"],
+                   created_at=row["created_at"], remove_after=row["remove_after"])
 
 
 def _notification(row: Row) -> Notification:

@@ -28,7 +28,11 @@ from relay.core.models import (
     User,
 )
 from relay.core.store.base import (
+    KEEP_CHANGES,
+    Changed,
+    ChangeKind,
     Notification,
+    StoreChanges,
     StoreError,
     StoreSnapshot,
     WebSession,
@@ -107,6 +111,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE signin_failures (key TEXT NOT NULL, time TEXT NOT NULL);
     CREATE INDEX signin_failures_key ON signin_failures(key, time);
     """,
+    # 5: the change log: one row per generation bump, written in the bump's own transaction, naming
+    # the tenant or client it changed, so a running relay reads only what moved (`read_changes`)
+    # instead of every tenant. Generations before this migration have no row: a relay that holds one
+    # of them reads a full snapshot. The oldest rows are pruned as new ones come (KEEP_CHANGES).
+    """
+    CREATE TABLE changes (generation INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -126,7 +137,10 @@ def _req_dt(value: str) -> datetime:
 class SqliteStore:
     """SQLite backend (WAL, so the relay reads while the CLI writes)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep_changes: int = KEEP_CHANGES) -> None:
+        if keep_changes < 1:
+            raise ValueError("keep_changes must be at least 1: the newest generation's change is always kept")
+        self._keep_changes = keep_changes
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
@@ -194,17 +208,28 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                     raise StoreError(f"the store could not commit: {exc}") from exc
 
-    def _write(self, sql: str, params: tuple[Any, ...] = (), *, bump: bool = True) -> int:
-        """Run one write; `bump=False` for rows the relay does not serve from (audit, checks,
-        leases, notifications), so they never make every relay worker rebuild its snapshot."""
+    def _write(self, sql: str, params: tuple[Any, ...] = (), *, served: Changed | None) -> int:
+        """Run one write. `served` names the tenant or client a write of what the relay serves changed:
+        the generation moves and the change log says what for. None for rows the relay does not serve
+        from (audit, checks, leases, notifications), so they never make a relay worker look at all."""
         with self.transaction():
             try:
                 cursor = self._db.execute(sql, params)
-                if bump:
-                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                if served is not None:
+                    self._bump(served)
                 return cursor.rowcount
             except sqlite3.Error as exc:  # translated here, at the backend's one boundary
                 raise StoreError(f"the store refused a write: {exc}") from exc
+
+    def _bump(self, served: Changed) -> None:
+        """Move the generation and log what for, inside the caller's transaction: a relay never sees
+        a generation without its change row (or the reverse). One row per generation, so `read_changes`
+        knows by counting whether the log still covers a relay's generation."""
+        self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+        self._db.execute("INSERT INTO changes (generation, kind, key) SELECT value, ?, ? FROM meta "
+                         "WHERE key = 'generation'", (served.kind.value, served.key))
+        self._db.execute("DELETE FROM changes WHERE generation <= "
+                         "(SELECT value FROM meta WHERE key = 'generation') - ?", (self._keep_changes,))
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -222,11 +247,11 @@ class SqliteStore:
             self._write(
                 "INSERT INTO users (name, role, created_at, password_hash) VALUES (?, ?, ?, ?)",
                 (user.name, user.role.value, _ts(user.created_at), user.password_hash),
-                bump=False,
+                served=None,
             )
             for tenant in user.tenants:
                 self._write("INSERT INTO user_tenants (user_name, tenant) VALUES (?, ?)",
-                            (user.name, tenant), bump=False)
+                            (user.name, tenant), served=None)
 
     def get_user(self, name: str) -> User | None:
         rows = self._rows("SELECT * FROM users WHERE name = ?", (name,))
@@ -258,6 +283,7 @@ class SqliteStore:
                 _ts(tenant.created_at), _ts(tenant.updated_at),
                 _ts(tenant.last_validated_at), _ts(tenant.verified_at), _ts(tenant.failing_since),
             ),
+            served=Changed.tenant(tenant.id),
         )
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -296,6 +322,7 @@ class SqliteStore:
                 key.tenant, key.selector, key.state.value, key.public_key_b64, key.key_file,
                 _ts(key.created_at), _ts(key.remove_after),
             ),
+            served=Changed.tenant(key.tenant),
         )
 
     def list_keys(self, tenant_id: str | None = None) -> list[DkimKey]:
@@ -305,14 +332,15 @@ class SqliteStore:
             rows = self._rows(
                 "SELECT * FROM dkim_keys WHERE tenant = ? ORDER BY created_at", (tenant_id,)
             )
-        return [
-            DkimKey(
-                tenant=row["tenant"], selector=row["selector"], state=KeyState(row["state"]),
-                public_key_b64=row["public_key"], key_file=row["key_file"],
-                created_at=_req_dt(row["created_at"]), remove_after=_dt(row["remove_after"]),
-            )
-            for row in rows
-        ]
+        return [self._key(row) for row in rows]
+
+    @staticmethod
+    def _key(row: sqlite3.Row) -> DkimKey:
+        return DkimKey(
+            tenant=row["tenant"], selector=row["selector"], state=KeyState(row["state"]),
+            public_key_b64=row["public_key"], key_file=row["key_file"],
+            created_at=_req_dt(row["created_at"]), remove_after=_dt(row["remove_after"]),
+        )
 
     def set_key_state(
         self, tenant_id: str, selector: str, state: KeyState, remove_after: datetime | None = None
@@ -320,22 +348,35 @@ class SqliteStore:
         self._write(
             "UPDATE dkim_keys SET state = ?, remove_after = ? WHERE tenant = ? AND selector = ?",
             (state.value, _ts(remove_after), tenant_id, selector),
+            served=Changed.tenant(tenant_id),
         )
 
     def delete_key(self, tenant_id: str, selector: str) -> None:
-        self._write("DELETE FROM dkim_keys WHERE tenant = ? AND selector = ?", (tenant_id, selector))
+        self._write("DELETE FROM dkim_keys WHERE tenant = ? AND selector = ?", (tenant_id, selector),
+                    served=Changed.tenant(tenant_id))
 
     # clients
     def add_client(self, client: Client) -> None:
+        served = Changed.client(client.name)
         with self.transaction():
             self._write(
                 "INSERT INTO clients (name, secret_hash, all_tenants, created_at) VALUES (?, ?, ?, ?)",
                 (client.name, client.secret_hash, int(client.all_tenants), _ts(client.created_at)),
+                served=served,
             )
             for tenant in client.tenants:
-                self._write("INSERT INTO client_tenants VALUES (?, ?)", (client.name, tenant))
+                self._write("INSERT INTO client_tenants VALUES (?, ?)", (client.name, tenant), served=served)
             for network in client.networks:
-                self._write("INSERT INTO client_networks VALUES (?, ?)", (client.name, network))
+                self._write("INSERT INTO client_networks VALUES (?, ?)", (client.name, network), served=served)
+
+    def delete_client(self, name: str) -> bool:
+        """Remove a client with its scope and networks (its credentials stop working at the next
+        reload of every relay); False when there is no such client."""
+        served = Changed.client(name)
+        with self.transaction():
+            self._write("DELETE FROM client_tenants WHERE client = ?", (name,), served=served)
+            self._write("DELETE FROM client_networks WHERE client = ?", (name,), served=served)
+            return self._write("DELETE FROM clients WHERE name = ?", (name,), served=served) == 1
 
     def get_client(self, name: str) -> Client | None:
         rows = self._rows("SELECT * FROM clients WHERE name = ?", (name,))
@@ -357,7 +398,7 @@ class SqliteStore:
     # validation results: the latest complete set per tenant replaces the previous one
     def save_checks(self, tenant_id: str, checks: list[CheckResult]) -> None:
         with self.transaction():
-            self._write("DELETE FROM checks WHERE tenant = ?", (tenant_id,), bump=False)
+            self._write("DELETE FROM checks WHERE tenant = ?", (tenant_id,), served=None)
             for c in checks:
                 self._write(
                     """INSERT INTO checks (tenant, purpose, type, name, status, expected, found,
@@ -366,7 +407,7 @@ class SqliteStore:
                         tenant_id, c.purpose, c.type, c.name, c.status.value, c.expected,
                         json.dumps(list(c.found)), c.diagnosis, int(c.required), _ts(c.checked_at),
                     ),
-                    bump=False,
+                    served=None,
                 )
 
     def latest_checks(self, tenant_id: str) -> list[CheckResult]:
@@ -386,7 +427,7 @@ class SqliteStore:
         self._write(
             "INSERT INTO audit (time, actor, action, tenant, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (_ts(entry.time), entry.actor, entry.action, entry.tenant, entry.outcome, entry.detail),
-            bump=False,
+            served=None,
         )
 
     def list_audit(self, tenant_id: str | None = None) -> list[AuditEntry]:
@@ -410,18 +451,18 @@ class SqliteStore:
                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
                WHERE leases.holder = excluded.holder OR leases.expires_at <= ?""",
             (name, holder, _ts(until), _ts(now)),
-            bump=False,
+            served=None,
         )
         return changed == 1
 
     def release_lease(self, name: str, holder: str) -> None:
-        self._write("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder), bump=False)
+        self._write("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder), served=None)
 
     # notifications: a transactional outbox for RELAY_NOTIFY_URL
     def add_notification(self, payload: str, now: datetime) -> int:
         with self.transaction():
             self._write("INSERT INTO notifications (created_at, payload, next_attempt_at) VALUES (?, ?, ?)",
-                        (_ts(now), payload, _ts(now)), bump=False)
+                        (_ts(now), payload, _ts(now)), served=None)
             return int(self._rows("SELECT last_insert_rowid()")[0][0])
 
     def due_notifications(self, now: datetime, limit: int = 20) -> list[Notification]:
@@ -438,25 +479,26 @@ class SqliteStore:
     def notification_delivered(self, notification_id: int, now: datetime) -> None:
         self._write("""UPDATE notifications SET state = 'delivered', delivered_at = ?, attempts = attempts + 1
                        WHERE id = ?""",
-                    (_ts(now), notification_id), bump=False)
+                    (_ts(now), notification_id), served=None)
 
     def notification_failed(self, notification_id: int, error: str, retry_at: datetime | None) -> None:
         """Count a failed attempt; `retry_at=None` gives up (kept, with its last error, for the record)."""
         if retry_at is None:
             self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = ?,
                                state = 'abandoned' WHERE id = ?""",
-                        (error, notification_id), bump=False)
+                        (error, notification_id), served=None)
         else:
             self._write("""UPDATE notifications SET attempts = attempts + 1, last_error = ?,
                                next_attempt_at = ? WHERE id = ?""",
-                        (error, _ts(retry_at), notification_id), bump=False)
+                        (error, _ts(retry_at), notification_id), served=None)
 
     def set_client_secret(self, name: str, secret_hash: str) -> bool:
         """Replace a client's stored secret hash (its scope is untouched); False when there is no such client.
 
         Bumps the generation: a running relay must see the new hash to accept the new secret.
         """
-        return self._write("UPDATE clients SET secret_hash = ? WHERE name = ?", (secret_hash, name)) == 1
+        return self._write("UPDATE clients SET secret_hash = ? WHERE name = ?", (secret_hash, name),
+                           served=Changed.client(name)) == 1
 
     # the lifecycle's own columns, written without touching the sender (no lost `tenant set`)
     def save_lifecycle(
@@ -473,7 +515,7 @@ class SqliteStore:
                 """UPDATE tenants SET status = ?, failing_since = ?, verified_at = ?,
                        last_validated_at = ? WHERE id = ?""",
                 (status.value, _ts(failing_since), _ts(verified_at), _ts(last_validated_at), tenant_id),
-                bump=rows[0]["status"] != status.value,
+                served=Changed.tenant(tenant_id) if rows[0]["status"] != status.value else None,
             )
 
     def queued_notification(self, notification_id: int) -> Notification | None:
@@ -519,17 +561,48 @@ class SqliteStore:
             return StoreSnapshot(generation=self.generation(), tenants=self.list_tenants(),
                                  keys=self.list_keys(), clients=self.list_clients())
 
+    def read_changes(self, since: int) -> StoreChanges | None:
+        """What changed after generation `since`, as of one moment (one read transaction, as
+        `read_snapshot`: a tenant's new sender is never paired with its old keys); None when the log
+        does not hold every change after `since` (pruned, written before the log existed, or by an
+        older program that writes none) or `since` is ahead of the store (a backup put in its place):
+        read the full snapshot then."""
+        with self.read_transaction():
+            generation = self.generation()
+            # One row per generation (the primary key): the log covers `since` only if it holds every
+            # generation after it. Pruning removes the oldest; a program from before the log (an old
+            # `relay-admin` during a rolling upgrade) bumps without a row, maybe between two rows.
+            if since > generation or self._rows("SELECT count(*) FROM changes WHERE generation > ?",
+                                                (since,))[0][0] != generation - since:
+                return None
+            changed = "SELECT key FROM changes WHERE kind = ? AND generation > ?"
+            tenant_ids = {row[0] for row in self._rows(changed, (ChangeKind.TENANT.value, since))}
+            names = {row[0] for row in self._rows(changed, (ChangeKind.CLIENT.value, since))}
+            # Subqueries, not IN (?, ?, ...): no bound on how many ids one change set may name.
+            tenants = [self._tenant(row) for row in self._rows(
+                f"SELECT * FROM tenants WHERE id IN ({changed}) ORDER BY id", (ChangeKind.TENANT.value, since))]
+            keys = [self._key(row) for row in self._rows(
+                f"SELECT * FROM dkim_keys WHERE tenant IN ({changed}) ORDER BY tenant, created_at",
+                (ChangeKind.TENANT.value, since))]
+            clients = [self._client(row) for row in self._rows(
+                f"SELECT * FROM clients WHERE name IN ({changed}) ORDER BY name", (ChangeKind.CLIENT.value, since))]
+            return StoreChanges(
+                generation=generation, tenants=tenants, keys=keys, clients=clients,
+                removed_tenants=sorted(tenant_ids - {tenant.id for tenant in tenants}),
+                removed_clients=sorted(names - {client.name for client in clients}),
+            )
+
     # sign-in: passwords and admin API tokens, only ever as hashes
     def set_password_hash(self, name: str, password_hash: str) -> bool:
         """Replace a user's password hash; False when there is no such user."""
         return self._write("UPDATE users SET password_hash = ? WHERE name = ?",
-                           (password_hash, name), bump=False) == 1
+                           (password_hash, name), served=None) == 1
 
     def add_token(self, token: ApiToken) -> None:
         self._write(
             "INSERT INTO tokens (prefix, user_name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
             (token.prefix, token.user, token.token_hash, _ts(token.created_at), _ts(token.revoked_at)),
-            bump=False,
+            served=None,
         )
 
     def tokens_with_prefix(self, prefix: str) -> list[ApiToken]:
@@ -543,7 +616,7 @@ class SqliteStore:
     def revoke_token(self, prefix: str, now: datetime) -> int:
         """End the token(s) with `prefix` at `now`; how many were still live."""
         return self._write("UPDATE tokens SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
-                           (_ts(now), prefix), bump=False)
+                           (_ts(now), prefix), served=None)
 
 
     # the admin web server's sessions and failed sign-ins: nothing the relay serves (no generation bump)
@@ -553,7 +626,7 @@ class SqliteStore:
                VALUES (?, ?, ?, ?, ?)""",
             (session.id_hash, session.user, session.csrf_token, _ts(session.created_at),
              _ts(session.expires_at)),
-            bump=False,
+            served=None,
         )
 
     def get_web_session(self, id_hash: str) -> WebSession | None:
@@ -565,17 +638,17 @@ class SqliteStore:
                           created_at=_req_dt(row["created_at"]), expires_at=_req_dt(row["expires_at"]))
 
     def delete_web_session(self, id_hash: str) -> None:
-        self._write("DELETE FROM web_sessions WHERE id_hash = ?", (id_hash,), bump=False)
+        self._write("DELETE FROM web_sessions WHERE id_hash = ?", (id_hash,), served=None)
 
     def delete_expired_web_sessions(self, now: datetime) -> int:
-        return self._write("DELETE FROM web_sessions WHERE expires_at <= ?", (_ts(now),), bump=False)
+        return self._write("DELETE FROM web_sessions WHERE expires_at <= ?", (_ts(now),), served=None)
 
     def add_signin_failure(self, key: str, time: datetime, *, forget_before: datetime) -> None:
         """Count a failed sign-in for `key` (`user:NAME`, `ip:ADDRESS`); older ones are forgotten."""
         with self.transaction():
-            self._write("DELETE FROM signin_failures WHERE time < ?", (_ts(forget_before),), bump=False)
+            self._write("DELETE FROM signin_failures WHERE time < ?", (_ts(forget_before),), served=None)
             self._write("INSERT INTO signin_failures (key, time) VALUES (?, ?)", (key, _ts(time)),
-                        bump=False)
+                        served=None)
 
     def signin_failures(self, key: str, since: datetime) -> list[datetime]:
         rows = self._rows("SELECT time FROM signin_failures WHERE key = ? AND time >= ? ORDER BY time",
@@ -583,4 +656,4 @@ class SqliteStore:
         return [_req_dt(row["time"]) for row in rows]
 
     def clear_signin_failures(self, key: str) -> None:
-        self._write("DELETE FROM signin_failures WHERE key = ?", (key,), bump=False)
+        self._write("DELETE FROM signin_failures WHERE key = ?", (key,), served=None)
