@@ -34,7 +34,8 @@ from relay.core.store import (
 )
 from relay.core.store import postgres as store_pg
 from relay.core.store import sqlite as store_module
-from relay.core.store.postgres import PG_MIGRATIONS, PostgresStore, Timeouts, redact
+from relay.core.settings import redact_url
+from relay.core.store.postgres import PG_MIGRATIONS, PostgresStore, Timeouts
 from tests.conftest import CliResult
 from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text
@@ -312,7 +313,7 @@ def test_unreachable_server_is_a_store_error_within_seconds_without_the_password
     assert time.monotonic() - started < 3
     assert not isinstance(caught.value, StoreMissing)  # nothing says the store is not there
     assert "hunter22" not in message and "\n" not in message
-    assert message.startswith(f"the store {redact(url)} cannot be reached: ")
+    assert message.startswith(f"the store {redact_url(url)} cannot be reached: ")
 
 
 @pytest.fixture
@@ -413,10 +414,10 @@ def test_a_bad_postgres_url_is_named_without_its_password(relay_env: Path, url: 
 
 
 def test_redact_hides_every_form_of_password() -> None:
-    assert redact("postgresql://relay:hunter22@db.test/relay") == "postgresql://relay:***@db.test/relay"
-    assert redact("postgresql://db.test/relay?user=relay&password=hunter22&sslmode=require") \
+    assert redact_url("postgresql://relay:hunter22@db.test/relay") == "postgresql://relay:***@db.test/relay"
+    assert redact_url("postgresql://db.test/relay?user=relay&password=hunter22&sslmode=require") \
         == "postgresql://db.test/relay?user=relay&password=***&sslmode=require"
-    assert redact("postgresql://relay@db.test/relay") == "postgresql://relay@db.test/relay"
+    assert redact_url("postgresql://relay@db.test/relay") == "postgresql://relay@db.test/relay"
 
 
 def test_open_store_dispatches_postgres_urls(relay_env: Path, pg_cluster: Cluster) -> None:
@@ -482,7 +483,7 @@ def test_the_cli_says_in_one_line_when_the_server_is_down(cli: Cli, monkeypatch:
         started = time.monotonic()
         result = cli(*args)
         assert time.monotonic() - started < 10
-        assert_one_line_error(result, 4, redact(url))
+        assert_one_line_error(result, 4, redact_url(url))
         assert "cannot be reached" in result.err and "hunter22" not in result.err
 
 

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -108,13 +108,13 @@ def parse_upstream(value: str) -> Upstream:
         return Upstream(scheme="outbox", outbox_dir=Path(directory))
     parts = urlsplit(text)
     if parts.scheme not in ("smtp", "smtps"):
-        raise ValueError(f"{_redact(text)!r}: use smtp://host:port, smtps://host:port or outbox:DIR")
+        raise ValueError(f"{redact_url(text)!r}: use smtp://host:port, smtps://host:port or outbox:DIR")
     if not parts.hostname:
-        raise ValueError(f"{_redact(text)!r} has no host")
+        raise ValueError(f"{redact_url(text)!r} has no host")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{_redact(text)!r} has an invalid port") from None
+        raise ValueError(f"{redact_url(text)!r} has an invalid port") from None
     query = parse_qs(parts.query)
     unknown = set(query) - {"tls"}
     if unknown:
@@ -146,8 +146,19 @@ def _greeting_name_problem(name: str) -> str | None:
     return None
 
 
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+def redact_url(url: str) -> str:
+    """A URL as messages and logs name it: a password, in the user part or as `?password=`, becomes `***`.
+    The one redactor for every URL setting (RELAY_DATABASE, RELAY_UPSTREAM, RELAY_NOTIFY_URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not even a URL (an unbalanced `[`): hide whatever follows a `user:`
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    netloc = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", parts.netloc)
+    query = "&".join(
+        f"{name}=***" if name == "password" else pair
+        for pair in parts.query.split("&") if pair for name in [pair.partition("=")[0]]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _postgres_url(value: str) -> str:
@@ -162,10 +173,10 @@ def _postgres_url(value: str) -> str:
         reason = " ".join(str(exc).split())
         if password:
             reason = reason.replace(password, "***")
-        raise ValueError(f"{_redact(value)!r} is not a PostgreSQL URL: {reason}") from None
+        raise ValueError(f"{redact_url(value)!r} is not a PostgreSQL URL: {reason}") from None
     for port in str(params.get("port", "")).split(","):
         if port and not (port.isdigit() and 0 < int(port) <= 65535):
-            raise ValueError(f"{_redact(value)!r}: port {port!r} must be a number from 1 to 65535")
+            raise ValueError(f"{redact_url(value)!r}: port {port!r} must be a number from 1 to 65535")
     return value
 
 
@@ -205,6 +216,12 @@ class Settings(BaseSettings):
     max_message_size: int = Field(default=35 * 1024 * 1024, ge=1024, description="bytes, SIZE limit")
     max_recipients: int = Field(default=100, ge=1, description="recipients per message")
     upstream_timeout: float = Field(default=60.0, gt=0, description="budget for one upstream exchange")
+    # Per relay process, like the limits below (relay.smtp.upstream.SmtpUpstream).
+    upstream_pool_size: int = Field(
+        default=8, ge=0, le=1000,
+        description="upstream connections kept open between messages per relay process (RSET before reuse); "
+                    "0: a new connection for every message",
+    )
     session_timeout: float = Field(default=300.0, gt=0, description="idle/DATA timeout of a client session")
     # Counted by each relay process on its own: RELAY_WORKERS processes admit up to N times as many.
     max_connections: int = Field(
@@ -309,7 +326,7 @@ class Settings(BaseSettings):
         if value.startswith(POSTGRES_SCHEMES):  # relay/core/store/postgres.py
             return _postgres_url(value)
         if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
-            raise ValueError(f"{_redact(value)!r}: use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+            raise ValueError(f"{redact_url(value)!r}: use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         return value
 
     @field_validator("tenant_header")
@@ -383,7 +400,7 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{_redact(value)!r}: use an http:// or https:// URL")
+            raise ValueError(f"{redact_url(value)!r}: use an http:// or https:// URL")
         return value
 
     @property

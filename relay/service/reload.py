@@ -29,8 +29,8 @@ from relay.core.settings import (
     Settings,
     SettingsError,
     Upstream,
-    _redact,
     load_settings,
+    redact_url,
 )
 from relay.service.relay import RunningRelay
 
@@ -39,7 +39,7 @@ log = logging.getLogger("relay.reload")
 # What a running relay takes on at SIGHUP.
 LIVE = frozenset({
     "log_format",
-    "upstream", "upstream_timeout",
+    "upstream", "upstream_timeout", "upstream_pool_size",  # a new pool; the old one's idle connections QUIT
     "session_timeout", "shutdown_grace",
     "max_message_size", "max_recipients",
     "max_connections", "max_connections_per_ip", "max_inflight_per_tenant",
@@ -74,7 +74,7 @@ def shown(name: str, value: Any) -> str:
     if isinstance(value, Upstream):
         return str(value)  # masks the password
     if name == "database":
-        return _redact(str(value))
+        return redact_url(str(value))
     if isinstance(value, float):
         return f"{value:g}s"
     return str(value)

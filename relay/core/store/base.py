@@ -31,8 +31,7 @@ from relay.core.models import (
     TenantStatus,
     User,
 )
-from relay.core.settings import POSTGRES_SCHEMES, Settings
-
+from relay.core.settings import POSTGRES_SCHEMES, Settings, redact_url
 
 # Generations the change log keeps. A relay that falls further behind (a long outage, a bulk import)
 # reads a full snapshot instead; one `tenant set` is about four generations, one client one per row
@@ -167,9 +166,7 @@ def store_location(settings: Settings) -> str:
     """Where the store is, as messages name it: the absolute path, whatever directory we run in
     (a PostgreSQL URL without its password)."""
     if settings.database.startswith(POSTGRES_SCHEMES):
-        from relay.core.store.postgres import redact
-
-        return redact(settings.database)
+        return redact_url(settings.database)
     return str(settings.database_path.resolve())
 
 

@@ -24,14 +24,13 @@ Same behaviour as `SqliteStore`, for several relay and admin instances sharing o
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -52,6 +51,7 @@ from relay.core.models import (
     TenantStatus,
     User,
 )
+from relay.core.settings import redact_url
 from relay.core.store.base import (
     KEEP_CHANGES,
     Changed,
@@ -158,14 +158,6 @@ def schema_version() -> int:
     return len(PG_MIGRATIONS)
 
 
-def redact(url: str) -> str:
-    """The URL as messages name it: the password (in the user part or `?password=`) as `***`."""
-    parts = urlsplit(url)
-    netloc = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", parts.netloc)
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 @dataclass(frozen=True)
 class Timeouts:
     """Bounds on every wait, so a server that is gone is an error within seconds, never a hang."""
@@ -182,7 +174,7 @@ def _connect_params(url: str, timeouts: Timeouts) -> dict[str, Any]:
     try:
         params: dict[str, Any] = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise StoreError(f"RELAY_DATABASE {redact(url)!r} is not a PostgreSQL URL: "
+        raise StoreError(f"RELAY_DATABASE {redact_url(url)!r} is not a PostgreSQL URL: "
                          f"{_one_line(str(exc), url)}") from None
     ours = (f"-c statement_timeout={int(timeouts.statement * 1000)} -c lock_timeout={int(timeouts.lock * 1000)} "
             f"-c idle_in_transaction_session_timeout={int(timeouts.idle_in_transaction * 1000)} -c TimeZone=UTC")
@@ -201,7 +193,7 @@ def _one_line(message: str, url: str) -> str:
     password = urlsplit(url).password
     if password:
         text = text.replace(password, "***")
-    return text.replace(url, redact(url))
+    return text.replace(url, redact_url(url))
 
 
 class _Local(threading.local):
@@ -223,7 +215,7 @@ class PostgresStore:
             raise ValueError("keep_changes must be at least 1: the newest generation's change is always kept")
         self._keep_changes = keep_changes
         self._url = url  # with its password: only libpq and the redaction see it
-        self.location = redact(url)
+        self.location = redact_url(url)
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._params = _connect_params(url, timeouts)
