@@ -4,6 +4,7 @@ Every run is bounded in time and count, on loopback only, and stops what it star
 round, the peer (Postfix with and without the OpenDKIM milter, through the shared `postfix_bench.sh`),
 our relay with each RELAY_WORKERS value, and the load tools' own ceiling run back to back, so the
 VM's drift hits all of them alike. Knobs (environment): MESSAGES SESSIONS SIZES REPEATS WORKERS,
+POOL_SIZES (RELAY_UPSTREAM_POOL_SIZE values, one row each; empty: the relay's default),
 PEER_MODES ("nomilter milter"), STORES ("sqlite postgresql": the relay's store, PostgreSQL on a
 throwaway cluster), EXTRAS ("latency idle big": issue 11's figures after the table), TIMEOUT (per run, s), SHARED_BENCH (dir of the shared scripts,
 default ../shared/bench from the repo root), RESULTS (the JSON lines file to write).
@@ -38,6 +39,9 @@ from relay.core.store import SqliteStore, utcnow  # noqa: E402
 
 TENANT, DOMAIN = "example", "example.test"  # smtp-source sends as a@example.test
 LOAD_TOOLS = {"smtp-source", "smtp-sink", "python", "python3"}  # never counted as relay CPU
+# Other jobs on this shared VM (other sessions' test suites run as `python`): counted, never as ours, and
+# shown per run, since they take CPU from whatever is being measured. Our load driver is `python3` or idle.
+OTHER_JOBS = "python"
 PEER_COMMS = "opendkim,smtpd,cleanup,qmgr,smtp,trivial-rewrite,master,postlogd,proxymap,anvil"
 # A forked worker keeps the comm of the console script that `.venv/bin/relay` execs (checked with ps).
 OUR_COMMS = "relay"
@@ -57,11 +61,13 @@ class Knobs:
     repeats: int
     workers: tuple[int, ...]
     peer_modes: tuple[str, ...]
-    stores: tuple[str, ...]
-    extras: tuple[str, ...]
     timeout: float
     shared: Path
     results: Path
+    # With defaults, so that bench/noisy.py's Knobs(...) for check_tools needs none of them.
+    stores: tuple[str, ...] = ("sqlite",)
+    extras: tuple[str, ...] = ()
+    pool_sizes: tuple[int | None, ...] = (None,)  # None: the relay's default RELAY_UPSTREAM_POOL_SIZE
 
 
 def _ints(name: str, default: str, low: int, high: int) -> tuple[int, ...]:
@@ -95,6 +101,7 @@ def read_knobs() -> Knobs:
         sizes=_ints("SIZES", "1024 51200", 1, 10_000_000),
         repeats=_ints("REPEATS", "3", 1, 100)[0],
         workers=_ints("WORKERS", "1 2", 1, 64),
+        pool_sizes=_ints("POOL_SIZES", os.environ["POOL_SIZES"], 0, 1000) if os.environ.get("POOL_SIZES") else (None,),
         peer_modes=modes,
         stores=stores,
         extras=extras,
@@ -104,18 +111,70 @@ def read_knobs() -> Knobs:
     )
 
 
+# Debian's packages: the peer (Postfix, the OpenDKIM milter and its key tool) and Postfix's load tools.
+PEER_PACKAGES = ("postfix", "opendkim", "opendkim-tools")
+PEER_TOOLS = ("smtp-source", "smtp-sink", "postfix", "opendkim", "opendkim-genkey")
+MAIN_CF = Path("/etc/postfix/main.cf")
+DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")  # what Debian's postinst starts main.cf from
+
+
 def check_tools(knobs: Knobs) -> None:
-    """The shared scripts must be there; Postfix's load tools are installed by them when missing."""
+    """The shared scripts must be there; the peer and Postfix's load tools are installed and set up if missing."""
     for name in ("loadrun.py", "postfix_bench.sh", "setup_postfix.sh"):
         if not (knobs.shared / name).is_file():
             raise BenchError(f"SHARED_BENCH: {knobs.shared / name} is missing (set SHARED_BENCH to the shared bench dir)")
     if knobs.peer_modes and os.geteuid() != 0:
         raise BenchError("the peer (Postfix + OpenDKIM) needs root: run as root, or PEER_MODES= to skip it")
-    if shutil.which("smtp-source") is None or shutil.which("smtp-sink") is None:
-        print("bench: smtp-source missing: running setup_postfix.sh (installs postfix, opendkim)", flush=True)
-        done = subprocess.run(["bash", str(knobs.shared / "setup_postfix.sh")], timeout=900)
-        if done.returncode != 0 or shutil.which("smtp-source") is None:
-            raise BenchError("setup_postfix.sh failed: smtp-source is still missing")
+    if knobs.peer_modes:
+        prepare_peer(knobs)
+    elif shutil.which("smtp-source") is None or shutil.which("smtp-sink") is None:
+        if os.geteuid() != 0:
+            raise BenchError("smtp-source and smtp-sink are missing: apt-get install postfix (as root), "
+                             "or run make bench as root")
+        prepare_peer(knobs)
+
+
+def _run(what: str, cmd: list[str], *, timeout: float, env: dict[str, str] | None = None,
+         stdin: str | None = None) -> None:
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"{what}: {exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
+        raise BenchError(f"{what} failed (exit {done.returncode}): {' '.join(last)}")
+
+
+def prepare_peer(knobs: Knobs) -> None:
+    """What the shared setup_postfix.sh takes for granted, then that script, once (it is idempotent).
+
+    Installed without a debconf answer (or with "No configuration"), Debian's postfix leaves no
+    /etc/postfix/main.cf, and the script's `postconf -e` then fails. So: install the packages with
+    "No configuration" (nothing starts, nothing is written), then write main.cf as Debian's postinst would
+    (main.cf.debian plus the aliases map, and `newaliases`), and let the script configure the rest.
+    """
+    if any(shutil.which(tool) is None for tool in PEER_TOOLS):
+        print(f"bench: installing {' '.join(PEER_PACKAGES)} (Debian packages) for the peer and the load tools",
+              flush=True)
+        _run("debconf-set-selections", ["debconf-set-selections"], timeout=60,
+             stdin="postfix postfix/main_mailer_type select No configuration\n"
+                   "postfix postfix/mailname string relay.example.test\n")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run("apt-get update", ["apt-get", "update", "-qq"], timeout=600, env=env)
+        _run("apt-get install", ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PEER_PACKAGES],
+             timeout=900, env=env)
+    if not MAIN_CF.exists():
+        base = DEBIAN_MAIN_CF.read_text() if DEBIAN_MAIN_CF.is_file() else "compatibility_level = 3.6\n"
+        MAIN_CF.write_text(base.rstrip("\n") + "\n\n# Written by accounton-relay's bench/run.py, as Debian's postinst "
+                           "would; setup_postfix.sh edits the rest.\nalias_maps = hash:/etc/aliases\n"
+                           "alias_database = hash:/etc/aliases\n")
+        print(f"bench: wrote {MAIN_CF} (none was installed) from {DEBIAN_MAIN_CF.name}", flush=True)
+    if Path("/etc/aliases").is_file() and not Path("/etc/aliases.db").exists():
+        _run("newaliases", ["newaliases"], timeout=60)
+    _run("setup_postfix.sh", ["bash", str(knobs.shared / "setup_postfix.sh")], timeout=900)
+    if any(shutil.which(tool) is None for tool in PEER_TOOLS):
+        raise BenchError(f"after setup_postfix.sh, still missing: "
+                         f"{', '.join(t for t in PEER_TOOLS if shutil.which(t) is None)}")
 
 
 def free_port() -> int:
@@ -258,17 +317,18 @@ def loadrun(knobs: Knobs, label: str, *, target: int, sink: int, size: int, comm
 
 
 def our_run(knobs: Knobs, env: dict[str, str], home: Path, *, workers: int, size: int, rnd: int,
-            store: str = "sqlite") -> dict[str, Any]:
+            store: str = "sqlite", pool: int | None = None) -> dict[str, Any]:
     sink = free_port()
     log = home / "relay.log"
     log.touch()
-    with running_relay(env, workers=workers, sink_port=sink, log=log) as port:
+    extra = {} if pool is None else {"RELAY_UPSTREAM_POOL_SIZE": str(pool)}
+    with running_relay(env, workers=workers, sink_port=sink, log=log, extra=extra) as port:
         # Warm-up, not reported (as postfix_bench.sh does for Postfix): first sessions, key and imports.
         loadrun(knobs, "warmup", target=port, sink=sink, size=size, comms=OUR_COMMS, messages=200)
         offset = log.stat().st_size
-        tag = "" if store == "sqlite" else "-pg"
+        tag = ("" if store == "sqlite" else "-pg") + ("" if pool is None else f"-pool{pool}")
         record = loadrun(knobs, f"relay-w{workers}{tag}-l{size}-r{rnd}", target=port, sink=sink, size=size,
-                         comms=f"{OUR_COMMS},smtp-sink,smtp-source")
+                         comms=f"{OUR_COMMS},smtp-sink,smtp-source,{OTHER_JOBS}")
     record["relay_log"] = outcomes(log, offset)
     return record
 
@@ -294,7 +354,7 @@ def peer_runs(knobs: Knobs, *, size: int, rnd: int) -> list[dict[str, Any]]:
 def ceiling_run(knobs: Knobs, *, size: int, rnd: int) -> dict[str, Any]:
     sink = free_port()
     return loadrun(knobs, f"direct-l{size}-r{rnd}", target=sink, sink=sink, size=size,
-                   comms="smtp-sink,smtp-source")
+                   comms=f"smtp-sink,smtp-source,{OTHER_JOBS}")
 
 
 # ---------------------------------------------------------------- table
@@ -318,6 +378,24 @@ def server_cpu_ms(record: dict[str, Any]) -> float | None:
     return 1000.0 * seconds / record["messages"] if record.get("e2e_s") and seconds else None
 
 
+def other_jobs_pct(record: dict[str, Any]) -> float | None:
+    """How much of the machine other jobs (OTHER_JOBS) took during the run, in % of all cores."""
+    seconds = float((record.get("cpu_s_by_process") or {}).get(OTHER_JOBS, 0.0))
+    if not record.get("e2e_s") or not record.get("cpu_cores"):
+        return None
+    return 100.0 * seconds / (float(record["e2e_s"]) * int(record["cpu_cores"]))
+
+
+def setup_name(setup: str) -> str:
+    """`relay-w2-pg-pool0` -> `accounton-relay, RELAY_WORKERS=2, PostgreSQL, RELAY_UPSTREAM_POOL_SIZE=0`."""
+    if setup in SETUP_NAMES or not setup.startswith("relay-w"):
+        return SETUP_NAMES.get(setup, setup)
+    workers, *tags = setup.removeprefix("relay-w").split("-")
+    words = [f"accounton-relay, RELAY_WORKERS={workers}", "PostgreSQL" if "pg" in tags else "SQLite"]
+    words += [f"RELAY_UPSTREAM_POOL_SIZE={tag.removeprefix('pool')}" for tag in tags if tag.startswith("pool")]
+    return ", ".join(words)
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "failed"
@@ -331,9 +409,9 @@ def table(records: list[dict[str, Any]], sizes: tuple[int, ...]) -> list[str]:
             setups.append(setup_of(record["label"]))
     order = ["direct", "postfix-nomilter", "postfix-milter"]
     setups.sort(key=lambda s: (order.index(s) if s in order else len(order), s))
-    head = "| setup | " + " | ".join(f"{size // 1024} KB msgs/s median (min-max) | CPU ms/msg | steal %"
+    head = "| setup | " + " | ".join(f"{size // 1024} KB msgs/s median (min-max) | CPU ms/msg | steal % | others %"
                                     for size in sizes) + " |"
-    lines = [head, "|---|" + "---|---|---|" * len(sizes)]
+    lines = [head, "|---|" + "---|---|---|---|" * len(sizes)]
     rate: dict[tuple[str, int], dict[int, float]] = {}
     for setup in setups:
         cells = []
@@ -344,13 +422,12 @@ def table(records: list[dict[str, Any]], sizes: tuple[int, ...]) -> list[str]:
             cpu = [c for c in (server_cpu_ms(r) for r in ok) if c is not None]
             failed = f", {len(runs) - len(ok)} failed" if len(runs) > len(ok) else ""
             steal = [r["cpu_steal_pct"] for r in ok if r.get("cpu_steal_pct") is not None]
+            others = [o for o in (other_jobs_pct(r) for r in ok) if o is not None]
             cells += [_cell([r["e2e_msgs_per_s"] for r in ok]) + failed,
                       f"{statistics.median(cpu):.2f}" if cpu and setup != "direct" else "-",
-                      f"{statistics.median(steal):.0f}" if steal else "-"]
-        name = SETUP_NAMES.get(setup, setup.replace("relay-w", "accounton-relay, RELAY_WORKERS="))
-        if setup.startswith("relay-w"):
-            name = name.replace("-pg", ", PostgreSQL") if name.endswith("-pg") else name + ", SQLite"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                      f"{statistics.median(steal):.0f}" if steal else "-",
+                      f"{statistics.median(others):.0f} ({min(others):.0f}-{max(others):.0f})" if others else "-"]
+        lines.append(f"| {setup_name(setup)} | " + " | ".join(cells) + " |")
     lines += ["", "ours / peer (Postfix + OpenDKIM), per size: ratio of medians; paired by round, median (min-max)"]
     for setup in (s for s in setups if s.startswith("relay")):
         parts = []
@@ -376,6 +453,7 @@ def meta(knobs: Knobs) -> dict[str, Any]:
         "cpu_model": _cpu_model(), "kernel": platform.release(), "python": platform.python_version(),
         "messages": knobs.messages, "sessions": knobs.sessions, "sizes": list(knobs.sizes),
         "repeats": knobs.repeats, "workers": list(knobs.workers), "peer_modes": list(knobs.peer_modes),
+        "pool_sizes": list(knobs.pool_sizes), "stores": list(knobs.stores), "extras": list(knobs.extras),
         "loadavg_at_start": os.getloadavg(), "relay_revision": _revision(),
     }
 
@@ -437,8 +515,9 @@ def bench(knobs: Knobs, out: Any, extra_lines: list[str]) -> list[dict[str, Any]
                 for store in knobs.stores:
                     store_home, store_env = homes[store]
                     for workers in knobs.workers:
-                        keep(our_run(knobs, store_env, store_home, workers=workers, size=size, rnd=rnd,
-                                     store=store))
+                        for pool in knobs.pool_sizes:
+                            keep(our_run(knobs, store_env, store_home, workers=workers, size=size, rnd=rnd,
+                                         store=store, pool=pool))
         if knobs.extras:
             import extras  # bench/extras.py: issue 11's figures
 

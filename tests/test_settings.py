@@ -44,6 +44,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("RELAY_UPSTREAM_TIMEOUT", "soon"),
     ("RELAY_UPSTREAM_TIMEOUT", "-5s"),
     ("RELAY_UPSTREAM_TIMEOUT", "0"),
+    ("RELAY_UPSTREAM_POOL_SIZE", "-1"),
+    ("RELAY_UPSTREAM_POOL_SIZE", "some"),
     ("RELAY_SESSION_TIMEOUT", "forever"),
     ("RELAY_DNS_TIMEOUT", "0s"),
     ("RELAY_RELOAD_INTERVAL", "2 weeks"),
@@ -206,3 +208,17 @@ def test_an_outbox_upstream_greets_nobody_so_any_hostname_does(
     monkeypatch.setenv("RELAY_UPSTREAM", "smtp://smtp.provider.test:587")
     monkeypatch.setenv("RELAY_HOSTNAME", "Relay.Example.COM.")
     assert load_settings().hostname == "relay.example.com"
+
+
+@pytest.mark.parametrize(("value", "size"), [(None, 8), ("0", 0), ("32", 32)])
+def test_upstream_pool_size_is_per_process_and_live(
+    relay_env: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, size: int,
+) -> None:
+    from relay.service.reload import plan
+
+    if value is not None:
+        monkeypatch.setenv("RELAY_UPSTREAM_POOL_SIZE", value)
+    settings = load_settings()
+    assert settings.upstream_pool_size == size  # 0: one connection per message, as before the pool
+    change = plan(settings, settings.model_copy(update={"upstream_pool_size": size + 1}))
+    assert change.applied == (f"RELAY_UPSTREAM_POOL_SIZE {size} -> {size + 1}",) and change.restart == ()

@@ -29,7 +29,12 @@ from relay.smtp.server import (
     quiet_aiosmtpd_log,
     tls_context,
 )
-from relay.smtp.upstream import Upstream, make_upstream
+from relay.smtp.upstream import (
+    Upstream,
+    close_upstream,
+    make_upstream,
+    upstream_settings,
+)
 
 log = logging.getLogger("relay.server")  # the name operators filter on, as before the split
 
@@ -63,6 +68,9 @@ class RunningRelay:
     new_sessions: NewSessions | None = None
     metrics: Metrics = field(default_factory=Metrics)  # this process's (relay.metrics)
     own_upstream: bool = True  # made from the settings (not handed in), so made again when they change
+    upstream: Upstream | None = None  # the one made from the settings: its pooled connections are QUIT on close
+    upstream_made_from: tuple[object, ...] = ()  # relay.smtp.upstream.upstream_settings of that one
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # replaced upstreams QUITting their pools
 
     def configure(self, settings: Settings) -> None:
         """Apply settings that can change live (relay.reload decides which): new sessions (timeout, size,
@@ -75,7 +83,20 @@ class RunningRelay:
         if self.hooks is not None:
             self.hooks.configure(settings)
         self.connections.set_limits(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
-        self.pipeline.configure(settings, upstream=make_upstream(settings) if self.own_upstream else None)
+        self.pipeline.configure(settings, upstream=self._renewed_upstream(settings))
+
+    def _renewed_upstream(self, settings: Settings) -> Upstream | None:
+        """A new upstream when a setting it is made from changed, else None (the pool stays warm). The old
+        one's idle connections are QUIT in the background; its messages under way finish on their own."""
+        if not self.own_upstream or upstream_settings(settings) == self.upstream_made_from:
+            return None
+        old, self.upstream = self.upstream, make_upstream(settings, pooled=True)
+        self.upstream_made_from = upstream_settings(settings)
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(close_upstream(old))
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+        return self.upstream
 
     @property
     def address(self) -> tuple[str, int]:
@@ -111,6 +132,9 @@ class RunningRelay:
                 session.transport.close()
         await self.server.wait_closed()
         self.pipeline.close()
+        if self.upstream is not None:
+            await close_upstream(self.upstream)  # QUIT, after the sessions whose messages used it
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         self.rdns.close()
         if self.hooks is not None:
             self.hooks.close()
@@ -134,8 +158,10 @@ async def start_relay(
     directory = MeteredDirectory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
                                  opener=lambda: open_store(settings, create=False), metrics=metrics)
     await asyncio.to_thread(directory.load)
-    pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream or make_upstream(settings),
-                        metrics=metrics)
+    own: Upstream | None = None  # made here from the settings (not handed in): pooled, closed on close()
+    if upstream is None:
+        upstream = own = make_upstream(settings, pooled=True)
+    pipeline = Pipeline(settings=settings, directory=directory, upstream=upstream, metrics=metrics)
     rdns = ReverseDns()
     hooks = Hooks(settings=settings, directory=directory, pipeline=pipeline, rdns=rdns)
     new = NewSessions(settings=settings, tls=tls_context(settings))
@@ -173,4 +199,5 @@ async def start_relay(
     return RunningRelay(server=server, directory=directory, reloader=reloader, revalidator=revalidator,
                         sessions=sessions, connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
                         hostname=settings.hostname, hooks=hooks, new_sessions=new, metrics=metrics,
-                        own_upstream=upstream is None)
+                        own_upstream=own is not None, upstream=own,
+                        upstream_made_from=upstream_settings(settings) if own is not None else ())

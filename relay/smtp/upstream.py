@@ -14,6 +14,16 @@ The SMTP transaction is done step by step, never with `sendmail()`, which raises
 recipient is refused. On any failure, and when the caller is cancelled (aiosmtpd cancels the handler
 when the client disconnects, R4), the transport is aborted: a polite close or QUIT would flush a
 buffered body and its final dot.
+
+The relay's upstream keeps up to RELAY_UPSTREAM_POOL_SIZE connections open between messages (per
+process; `make_upstream(..., pooled=True)`). Each message still has its own MAIL, RCPT and DATA, and
+its own outcome as above. Only a connection whose last message got upstream's 250 goes back to the
+pool; any refusal or error ends it as before (servers count errors per session and slow down or drop
+sessions that collect them, e.g. Postfix's smtpd_soft_error_limit). Before reuse it must answer RSET
+(RFC 5321 4.1.1.5), which clears the server's state and proves the connection alive; a
+pooled connection that fails before upstream accepted MAIL FROM carried nothing, so the message goes
+on a fresh connection instead. Idle connections are QUIT after POOL_IDLE_SECONDS, and all of them
+when the upstream is closed (stop, or replaced at SIGHUP).
 """
 
 from __future__ import annotations
@@ -23,10 +33,11 @@ import logging
 import re
 import secrets
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
@@ -48,6 +59,14 @@ from relay.policy.senders import client_ip, is_loopback
 
 log = logging.getLogger("relay.upstream")
 
+# RFC 5321 4.5.3.2.7 lets a server drop a client idle for 5 minutes, and busy servers do it far sooner:
+# we QUIT a pooled connection first. One the server closed anyway is replaced before MAIL FROM.
+POOL_IDLE_SECONDS = 30.0
+# Some servers cap the messages they take per connection: a fresh one after this many.
+POOL_MAX_MESSAGES = 20
+# How long a pooled connection may take to answer RSET before it is taken as dead.
+PROBE_SECONDS = 5.0
+
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -61,12 +80,26 @@ class Upstream(Protocol):
     async def deliver(self, envelope: Envelope, message: bytes) -> Reply: ...
 
 
-def make_upstream(settings: Settings) -> Upstream:
+def make_upstream(settings: Settings, *, pooled: bool = False) -> Upstream:
+    """The upstream of `settings`; `pooled` (the running relay) keeps RELAY_UPSTREAM_POOL_SIZE connections open:
+    a one-off user (send-test in process) has nobody to close a pool, so it gets one connection per message."""
     target = settings.upstream
     if target.scheme == "outbox":
         assert target.outbox_dir is not None
         return Outbox(target.outbox_dir)
-    return SmtpUpstream(target, timeout=settings.upstream_timeout, local_hostname=settings.hostname)
+    return SmtpUpstream(target, timeout=settings.upstream_timeout, local_hostname=settings.hostname,
+                        pool_size=settings.upstream_pool_size if pooled else 0)
+
+
+def upstream_settings(settings: Settings) -> tuple[object, ...]:
+    """What `make_upstream` reads: while these stay the same (SIGHUP), the running upstream and its pool stay."""
+    return settings.upstream, settings.upstream_timeout, settings.hostname, settings.upstream_pool_size
+
+
+async def close_upstream(upstream: Upstream) -> None:
+    """QUIT the connections an upstream keeps open (only SmtpUpstream's pool does)."""
+    if isinstance(upstream, SmtpUpstream):
+        await upstream.close()
 
 
 def _clean_text(text: str) -> str:
@@ -88,28 +121,52 @@ def upstream_reply(code: int, message: str, what: str) -> Reply:
     return Reply(code, enhanced, f"Upstream refused {what}: {text}")
 
 
-class SmtpUpstream:
-    """smtp:// (STARTTLS when offered; required with ?tls=required) or smtps:// (implicit TLS)."""
+@dataclass(eq=False)
+class _Connection:
+    """One upstream connection: TLS, EHLO and AUTH once, then up to POOL_MAX_MESSAGES messages."""
 
-    def __init__(self, target: UpstreamSetting, *, timeout: float, local_hostname: str) -> None:
+    client: aiosmtplib.SMTP
+    messages: int = 0  # whose data went out on it
+    expiry: asyncio.TimerHandle | None = None  # while pooled: when it is QUIT for being idle
+
+    def take(self) -> _Connection:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        return self
+
+
+class _Stale(Exception):
+    """A pooled connection failed before upstream accepted MAIL FROM: nothing went out, a fresh one may retry."""
+
+
+class SmtpUpstream:
+    """smtp:// (STARTTLS when offered; required with ?tls=required) or smtps:// (implicit TLS).
+
+    `pool_size` > 0: up to that many connections stay open between messages (module docstring); 0: one
+    connection per message, QUIT after upstream's reply."""
+
+    def __init__(self, target: UpstreamSetting, *, timeout: float, local_hostname: str, pool_size: int = 0,
+                 idle_seconds: float = POOL_IDLE_SECONDS, max_messages: int = POOL_MAX_MESSAGES) -> None:
         self._target = target
         self._timeout = timeout
         self._local_hostname = local_hostname
+        self._pool_size = pool_size
+        self._idle_seconds = idle_seconds
+        self._max_messages = max_messages
+        self._idle: list[_Connection] = []  # taken from the end: the warmest first, the others idle out
+        self._quitting: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def deliver(self, envelope: Envelope, message: bytes) -> Reply:
-        client = aiosmtplib.SMTP(
-            hostname=self._target.host,
-            port=self._target.port,
-            local_hostname=self._local_hostname,
-            use_tls=self._target.scheme == "smtps",
-            start_tls=False,  # decided below from the EHLO, so that ?tls=required can refuse
-            timeout=None,  # one budget for the whole exchange, enforced here (R5)
-            tls_context=ssl.create_default_context() if self._target.scheme == "smtps" else None,
-        )
         sent = _Progress()
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._transaction(client, envelope, message, sent)
+                reply = await self._send(envelope, message, sent)
+            connection, sent.connection = sent.connection, None
+            assert connection is not None
+            await self._release(connection)
+            return reply
         except TimeoutError:
             raise sent.failure() from None
         except aiosmtplib.SMTPResponseException as exc:
@@ -120,18 +177,92 @@ class SmtpUpstream:
             log.warning("upstream %s: %s: %s", self._target, type(exc).__name__, exc)
             raise sent.failure() from None
         finally:
-            _abort(client)
+            if sent.connection is not None:  # anything but a 250: this connection is never used again
+                _abort(sent.connection.client)
 
-    async def _transaction(
-        self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes, sent: "_Progress"
-    ) -> Reply:
+    async def _send(self, envelope: Envelope, message: bytes, sent: _Progress) -> Reply:
+        """The transaction on a pooled connection that answers RSET, else (or if it dies before MAIL) on a new one."""
+        pooled = await self._pooled(sent)
+        if pooled is not None:
+            try:
+                return await self._transaction(pooled.client, envelope, message, sent, reused=True)
+            except _Stale as exc:
+                log.info("upstream %s: a pooled connection failed before MAIL FROM (%s); using a new one",
+                         self._target, exc)
+                _abort(pooled.client)
+                sent.connection = None
+        client = aiosmtplib.SMTP(
+            hostname=self._target.host,
+            port=self._target.port,
+            local_hostname=self._local_hostname,
+            use_tls=self._target.scheme == "smtps",
+            start_tls=False,  # decided below from the EHLO, so that ?tls=required can refuse
+            timeout=None,  # one budget for the whole exchange, enforced in deliver (R5)
+            tls_context=ssl.create_default_context() if self._target.scheme == "smtps" else None,
+        )
+        sent.connection = _Connection(client)
         await client.connect()
         await self._hello(client)
-        _check_8bit(client, message)
         if self._target.username is not None:
             await client.login(self._target.username, self._target.password or "")
-        await self._command(client, "sender", b"MAIL", b"FROM:<" + envelope.sender.encode() + b">",
-                            *self._mail_options(client, message))
+        return await self._transaction(client, envelope, message, sent, reused=False)
+
+    async def _pooled(self, sent: _Progress) -> _Connection | None:
+        """An idle connection that answers RSET, or None. RSET (RFC 5321 4.1.1.5) both clears any state left
+        on the server and proves the connection alive before a message is risked on it."""
+        while self._idle:
+            connection = sent.connection = self._idle.pop().take()  # from here deliver aborts it on any exit
+            try:
+                if connection.client.is_connected:
+                    async with asyncio.timeout(PROBE_SECONDS):
+                        response = await connection.client.execute_command(b"RSET")
+                    if response.code == 250:
+                        return connection
+                    log.info("upstream %s answered RSET on a pooled connection with %d; closing it",
+                             self._target, response.code)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                log.info("upstream %s: a pooled connection failed RSET (%s); closing it", self._target,
+                         type(exc).__name__)
+            _abort(connection.client)
+            sent.connection = None
+        return None
+
+    async def _release(self, connection: _Connection) -> None:
+        """After upstream's 250: back into the pool, or QUIT when the pool is off, full or closed, or the
+        connection has carried POOL_MAX_MESSAGES."""
+        if (self._closed or len(self._idle) >= self._pool_size or connection.messages >= self._max_messages
+                or not connection.client.is_connected):
+            await _quit(connection.client)
+            return
+        connection.expiry = asyncio.get_running_loop().call_later(self._idle_seconds, self._expire, connection)
+        self._idle.append(connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        """Idle too long (POOL_IDLE_SECONDS): QUIT before the server drops it (RFC 5321 4.5.3.2.7)."""
+        connection.expiry = None
+        if connection in self._idle:
+            self._idle.remove(connection)
+            self._background(_quit(connection.client))
+
+    def _background(self, quitting: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(quitting)
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
+
+    async def close(self) -> None:
+        """QUIT every idle connection (RFC 5321 4.1.1.10); one in use is QUIT when its message is done."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._background(_quit(connection.take().client))
+        if self._quitting:
+            await asyncio.gather(*self._quitting, return_exceptions=True)
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes, sent: _Progress, *, reused: bool
+    ) -> Reply:
+        _check_8bit(client, message)  # on this connection's own EHLO
+        await self._mail(client, envelope, message, reused=reused)
         refusals: list[Reply] = []
         for recipient in envelope.recipients:
             response = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
@@ -147,14 +278,32 @@ class SmtpUpstream:
         protocol = client.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the data")
-        protocol.write(_dot_stuffed(message))
+        for piece in _dot_stuffed_pieces(message):  # no joined copy of a large message
+            protocol.write(piece)
         sent.dot = True  # from here on, upstream may have the whole message (RFC 1047)
+        if sent.connection is not None:
+            sent.connection.messages += 1
         response = await protocol.read_response(timeout=None)
         if response.code != 250:
             raise UpstreamReplyError(upstream_reply(response.code, response.message, "the message"))
-        await quit_politely(client)
         said = _ENHANCED.sub("", response.message).strip()
         return Reply(250, "2.0.0", f"OK: accepted by upstream: {_clean_text(said)}")
+
+    async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes, *, reused: bool) -> None:
+        command = (b"MAIL", b"FROM:<" + envelope.sender.encode() + b">", *self._mail_options(client, message))
+        if not reused:
+            await self._command(client, "sender", *command)
+            return
+        # A pooled connection the server dropped or is closing (421, RFC 5321 3.8) before accepting MAIL
+        # FROM has carried nothing of this message: `_send` retries it on a fresh connection.
+        try:
+            response = await client.execute_command(*command)
+        except (aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Stale(type(exc).__name__) from exc
+        if response.code == 421:
+            raise _Stale("421")
+        if response.code != 250:
+            raise UpstreamReplyError(upstream_reply(response.code, response.message, "sender"))
 
     async def _hello(self, client: aiosmtplib.SMTP) -> None:
         await client.ehlo()
@@ -220,6 +369,7 @@ def _is_loopback(peer: object) -> bool:
 class _Progress:
     dot: bool = False  # the final dot went out: from here on an outcome is ambiguous (R6)
     refusal: Reply | None = None  # a recipient was refused: that is the answer, whatever follows (R3)
+    connection: _Connection | None = None  # in use: aborted on any way out but upstream's 250
 
     def failure(self) -> ReplyError:
         """What the client gets when the exchange breaks off (timeout, lost connection)."""
@@ -228,19 +378,33 @@ class _Progress:
         return ReplyError(UPSTREAM_AMBIGUOUS if self.dot else UPSTREAM_UNAVAILABLE)
 
 
-def _dot_stuffed(message: bytes) -> bytes:
-    """RFC 5321 4.5.2 transparency and the final dot, on the lines aiosmtplib would send.
+def _dot_stuffed_pieces(message: bytes) -> tuple[bytes, ...]:
+    """RFC 5321 4.5.2 transparency and the final dot, on the lines aiosmtplib would send, as pieces to write.
 
     The pipeline hands over signed messages, CRLF-only (the signer refuses anything else), so
-    bytes.replace does it; any other message gets aiosmtplib's normalisation of bare CR and LF first.
+    bytes.replace does it; any other message gets aiosmtplib's normalisation of bare CR and LF first:
+    a bare LF before a dot must never reach the wire unstuffed (SMTP smuggling).
     """
     crlf = message.count(CRLF)
     if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
         message = normalize_message_line_endings(message)
     elif not message.endswith(CRLF):
         message += CRLF
-    stuffed = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    return (b".", stuffed, b".\r\n") if stuffed.startswith(b".") else (stuffed, b".\r\n")
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The bytes `_dot_stuffed_pieces` writes, in one piece."""
+    return b"".join(_dot_stuffed_pieces(message))
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely, then make sure the connection is gone whatever the server did."""
+    try:
+        await quit_politely(client)
+    finally:
+        _abort(client)
 
 
 async def quit_politely(client: aiosmtplib.SMTP) -> None:
@@ -274,7 +438,7 @@ class Outbox:
     The envelope goes in the file itself, as the first lines, the way a delivery agent records it
     (RFC 5321 4.4): `Return-Path: <sender>` and one `X-Envelope-To: <recipient>` per recipient. They
     sit above our DKIM-Signature and are not signed, so the signed bytes still verify. The envelope
-    ends at the first line that is not `X-Envelope-To` (admin.receiver.outbox_envelope reads it so);
+    ends at the first line that is not `X-Envelope-To` (relay.domains.receiver.outbox_envelope reads it so);
     relay.mail.rewrite removes a client's own Return-Path and X-Envelope-To, so none follows further down.
     """
 
