@@ -1,8 +1,10 @@
 """A throwaway PostgreSQL cluster for the tests: Debian's binaries, a temporary directory, a free port.
 
 One cluster per test session (`initdb` is the slow part), one fresh database per test (`CREATE
-DATABASE ... TEMPLATE template0` is fast), stopped and removed at the end. Nothing assumes a server
-is already running. As root, `initdb` refuses to run, so the cluster then runs as the `postgres`
+DATABASE ... TEMPLATE template0`, or a copy of a store template), stopped and removed at the end.
+A database takes ~0.1 s to copy, so copies are made one ahead in a background thread while the
+previous test runs (`Cluster.database`), and dropped there too. Nothing assumes a server is already
+running. As root, `initdb` refuses to run, so the cluster then runs as the `postgres`
 system user (Debian's package creates it) in a directory that user owns.
 
 Missing binaries follow `tests.peers`: a failure under `make test` (ACCOUNTON_REQUIRE_PEERS=1), a
@@ -19,9 +21,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -75,6 +81,9 @@ class Cluster:
         self.port = 0
         self.started_in = 0.0  # seconds from initdb to accepting connections, for the record
         self._names = itertools.count(1)
+        self._ahead: dict[str, Future[str]] = {}  # template -> the next copy of it, being made
+        self._ahead_lock = threading.Lock()
+        self._maker: ThreadPoolExecutor | None = None
         if root is None:
             (self.root / OWNER_FILE).write_text(str(os.getpid()))
             if self.as_postgres:
@@ -127,14 +136,80 @@ class Cluster:
         secret = f":{password}" if password else ""
         return f"postgresql://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{database}"
 
-    def database(self) -> str:
-        """A new, empty database (from template0); returns its URL."""
-        import psycopg
+    def database(self, template: str = "template0") -> str:
+        """A new database copied from `template` (template0: an empty one); returns its URL.
 
-        name = f"test_{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as admin:
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        return self.url(name)
+        The next copy of the same template is started in a background thread at once: tests of a
+        module ask for the same template one after another, so theirs is usually ready. A copy
+        made ahead that failed (the cluster stopped by a test meanwhile) is made again here.
+        """
+        with self._ahead_lock:
+            made = self._ahead.pop(template, None)
+            if self._maker is None:
+                self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-ahead")
+            self._ahead[template] = self._maker.submit(self._copy, template)
+        if made is not None:
+            import psycopg
+
+            with suppress(psycopg.Error, TimeoutError):  # made again below, where a real failure is raised
+                return made.result(timeout=60)
+        return self._copy(template)
+
+    def drop_later(self, url: str) -> None:
+        """Drop a test's database in the background thread, after the copies already asked for (a drop
+        that fails there, the cluster stopped by a test, is left to the removal of the whole cluster)."""
+        with self._ahead_lock:
+            if self._maker is not None:
+                self._maker.submit(drop_database, url)
+                return
+        drop_database(url)
+
+    def _copy(self, template: str) -> str:
+        url = self.url(f"test_{os.getpid()}_{next(self._names)}")
+        create_database(url, template)
+        return url
+
+    def stop_making_ahead(self) -> None:
+        """Wait for a copy in progress and start no other: before the cluster stops for good."""
+        with self._ahead_lock:
+            maker, self._maker = self._maker, None
+            self._ahead.clear()
+        if maker is not None:
+            maker.shutdown(wait=True, cancel_futures=True)
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def maintenance_url(url: str) -> str:
+    """The same server's `postgres` database: CREATE, DROP and RENAME DATABASE run from there."""
+    return urlunsplit(urlsplit(url)._replace(path="/postgres"))
+
+
+def _maintain(url: str, *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(maintenance_url(url), autocommit=True, connect_timeout=10) as admin:
+        for statement in statements:
+            admin.execute(statement)
+
+
+def create_database(url: str, template: str = "template0") -> None:
+    """Create the database `url` names as a copy of `template`, which no one may be connected to
+    (PostgreSQL waits up to 5 s for sessions just closed to end, then refuses)."""
+    _maintain(url, f'CREATE DATABASE "{database_name(url)}" TEMPLATE "{template}"')
+
+
+def drop_database(url: str) -> None:
+    """Drop it, ending any session a test left open on it (FORCE)."""
+    _maintain(url, f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
+
+
+def replace_database(url: str, copy: str) -> None:
+    """Put the database `copy` in the place of `url`'s (same name, so a URL handed out stays right)."""
+    _maintain(url, f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)',
+              f'ALTER DATABASE "{database_name(copy)}" RENAME TO "{database_name(url)}"')
 
 
 def _alive(pid: int) -> bool:
@@ -162,6 +237,17 @@ def remove_stale_clusters(bin_dir: Path) -> None:
         stale.remove()
 
 
+_clusters: dict[int, Cluster] = {}  # the session's running cluster, by port
+
+
+def cluster_of(url: str) -> Cluster:
+    """The session's cluster serving `url` (tests.snapshot copies templates through it)."""
+    port = urlsplit(url).port
+    if port is None or port not in _clusters:
+        raise AssertionError(f"{url} is not a database of this session's cluster")
+    return _clusters[port]
+
+
 def start_cluster() -> Iterator[Cluster]:
     """The session fixture's body: init and start once, stop and remove at the end."""
     bin_dir = require_postgres()
@@ -171,15 +257,19 @@ def start_cluster() -> Iterator[Cluster]:
     try:
         cluster.init().start()
         cluster.started_in = time.monotonic() - began
+        _clusters[cluster.port] = cluster
         yield cluster
     finally:
+        cluster.stop_making_ahead()
+        _clusters.pop(cluster.port, None)
         if cluster.port and cluster.running():
             cluster.stop("immediate")
         cluster.remove()
 
 
 def dump_database(url: str) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of every table (and the columns), in a stable order: `tests.snapshot.dump_store` for PostgreSQL."""
+    """Every row of every table of the public schema (schema_version among them), and the columns, in
+    a stable order: `tests.snapshot.dump_store` for PostgreSQL."""
     import psycopg
 
     with psycopg.connect(url, connect_timeout=10) as conn:
@@ -187,6 +277,8 @@ def dump_database(url: str) -> dict[str, list[tuple[object, ...]]]:
             """SELECT table_name, column_name, data_type, is_nullable, column_default
                FROM information_schema.columns WHERE table_schema = 'public'""").fetchall()
         dump: dict[str, list[tuple[object, ...]]] = {"columns": sorted(columns, key=repr)}
-        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall():
+        tables = conn.execute("""SELECT table_name FROM information_schema.tables
+                                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'""").fetchall()
+        for (table,) in tables:
             dump[table] = sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
         return dump

@@ -11,7 +11,7 @@ import pytest
 
 from admin.context import BOOTSTRAP_ACTOR
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, open_store, state
+from tests.snapshot import assert_one_line_error, open_store, state, store_exists
 
 Cli = Callable[..., CliResult]
 BAD_NAMES = ["", "alice\n", "alice\nfake audit line", "Alice", " alice", "al ice", "\udcff"]
@@ -57,7 +57,7 @@ def test_an_empty_as_is_not_the_bootstrap(cli: Cli, relay_env: Path) -> None:
     """Without any user yet, `--as ''` is still an error: no store is created, nobody is audited."""
     result = cli("user", "add", "alice", "--role", "owner", "--as", "")
     assert_one_line_error(result, 2, "--as")
-    assert not (relay_env / "relay.db").exists()
+    assert not store_exists()
 
 
 def test_an_empty_as_does_not_fall_back_to_relay_admin_user(cli: Cli, relay_env: Path, owner: str,

@@ -12,11 +12,15 @@ from relay.core.credentials import verify_secret
 from relay.core.models import Client
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_template,
+    database_from,
+    env_url,
     open_store,
     restore_template,
     state,
+    stored_bytes,
 )
 
 Cli = Callable[..., CliResult]
@@ -24,7 +28,7 @@ OWNER, ADMIN, ACCOUNTANT = "alice", "bob", "carol"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
     return build_template(tmp_path_factory.mktemp("clients"), [
         ["user", "add", OWNER, "--role", "owner"],
         ["user", "add", ADMIN, "--role", "admin", "--as", OWNER],
@@ -34,7 +38,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["tenant", "set", "beta", "--name", "Beta", "--email", "billing@beta.test",
          "--domain", "beta.test", "--as", OWNER],
         ["client", "add", "legacy", "--tenant", "acme", "--network", "10.9.0.0/16", "--as", OWNER],
-    ])
+    ], backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -55,7 +63,7 @@ def stored_client(env: Path, name: str) -> Client:
 
 
 def database_bytes(env: Path) -> bytes:
-    return b"".join(path.read_bytes() for path in sorted(env.glob("relay.db*")))
+    return stored_bytes(env_url())
 
 
 def test_text_output_prints_secret_once_with_hint_and_stores_only_a_hash(cli: Cli, env: Path) -> None:
@@ -71,7 +79,9 @@ def test_text_output_prints_secret_once_with_hint_and_stores_only_a_hash(cli: Cl
     assert secret not in client.secret_hash and client.secret_hash.startswith("scrypt$")
     assert verify_secret(secret, client.secret_hash)
     assert not verify_secret(secret + "x", client.secret_hash)
-    assert secret.encode() not in database_bytes(env)
+    stored = database_bytes(env)
+    assert client.secret_hash.encode() in stored, "the bytes looked at hold what was just written"
+    assert secret.encode() not in stored
 
 
 def test_json_output_is_client_and_secret(cli: Cli, env: Path) -> None:

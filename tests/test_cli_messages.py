@@ -10,8 +10,11 @@ import pytest
 from admin.roles import RULES, refusal
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_acme_template,
+    database_from,
+    location,
     open_store,
     restore_template,
     state,
@@ -25,8 +28,12 @@ JARGON = ("Codepoint", "IDNA", "position", "Label", "A-label", "may not")
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_acme_template(tmp_path_factory.mktemp("messages"))
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
+    return build_acme_template(tmp_path_factory.mktemp("messages"), stores=backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -104,7 +111,7 @@ def test_an_unknown_tenant_is_one_sentence_everywhere(cli: Cli, env: Path, args:
     before = state(env)
     result = cli(*(a.format(tmp=env) for a in args), "--as", OWNER)
     assert (result.code, result.out) == (2, "")
-    assert result.err == (f"relay-admin: {field}: no tenant 'nope' in the store {env / 'relay.db'}; "
+    assert result.err == (f"relay-admin: {field}: no tenant 'nope' in the store {location()}; "
                           "see `relay-admin tenant list`\n")
     assert state(env) == before
     assert not (env / "nope.xlsx").exists()

@@ -15,8 +15,11 @@ import pytest
 from relay.core.models import Role
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_template,
+    database_from,
+    location,
     open_store,
     restore_template,
     state,
@@ -32,7 +35,7 @@ def _tenant(tenant_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
     return build_template(tmp_path_factory.mktemp("scope"), [
         ["user", "add", OWNER, "--role", "owner"],
         _tenant("acme"),
@@ -40,7 +43,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["user", "add", STAFF, "--role", "admin", "--as", OWNER],
         ["user", "add", ADMIN, "--role", "admin", "--tenant", "acme", "--as", OWNER],
         ["user", "add", ACCOUNTANT, "--role", "accountant", "--tenant", "acme", "--as", ADMIN],
-    ])
+    ], backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -127,7 +134,7 @@ def test_a_scoped_admin_never_creates_a_tenant(cli: Cli, env: Path) -> None:
             "--domain", "newco.test"]
     before = state(env)
     result = cli(*args, "--as", ADMIN)
-    assert_one_line_error(result, 2, f"TENANT: no tenant 'newco' in the store {env / 'relay.db'}")
+    assert_one_line_error(result, 2, f"TENANT: no tenant 'newco' in the store {location()}")
     assert state(env).without_audit() == before.without_audit()
     assert _audit(env)[-1] == (ADMIN, "tenant.set", "newco", "denied")
     created = cli(*args, "--as", STAFF)
@@ -171,7 +178,7 @@ def test_an_owner_is_never_scoped(cli: Cli, env: Path) -> None:
 def test_tenant_of_a_new_user_must_exist(cli: Cli, env: Path) -> None:
     before = state(env)
     result = cli("user", "add", "eve", "--role", "admin", "--tenant", "acme", "nope", "--as", OWNER)
-    assert_one_line_error(result, 2, f"--tenant: no tenant 'nope' in the store {env / 'relay.db'}")
+    assert_one_line_error(result, 2, f"--tenant: no tenant 'nope' in the store {location()}")
     assert state(env) == before
 
 

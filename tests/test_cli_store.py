@@ -12,8 +12,10 @@ import pytest
 
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_template,
+    location,
     restore_template,
     state,
 )
@@ -47,6 +49,7 @@ def elsewhere(relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.mark.sqlite_only  # a relative SQLite path (tests/test_store_pg.py: a missing PostgreSQL store)
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda args: " ".join(args[:2]))
 def test_a_missing_store_is_named_and_not_created(cli: Cli, elsewhere: Path, args: list[str]) -> None:
     result = cli(*args, "--as", OWNER)
@@ -55,6 +58,7 @@ def test_a_missing_store_is_named_and_not_created(cli: Cli, elsewhere: Path, arg
     assert list(elsewhere.iterdir()) == []  # no store, no var/, no keys/, no export
 
 
+@pytest.mark.sqlite_only  # a relative SQLite path (tests/test_store_pg.py: on PostgreSQL)
 def test_bootstrap_creates_the_store_and_says_where(cli: Cli, elsewhere: Path) -> None:
     result = cli("user", "add", OWNER, "--role", "owner", "--json")
     assert result.code == 0, result.err
@@ -65,6 +69,7 @@ def test_bootstrap_creates_the_store_and_says_where(cli: Cli, elsewhere: Path) -
     assert (again.code, again.err) == (0, "")  # an existing store is just used
 
 
+@pytest.mark.sqlite_only  # a relative SQLite path
 def test_a_first_user_added_by_someone_else_is_told_to_drop_the_acting_user(
     cli: Cli, elsewhere: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -75,6 +80,7 @@ def test_a_first_user_added_by_someone_else_is_told_to_drop_the_acting_user(
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.sqlite_only  # a relative SQLite path: nothing at all appears in the working directory
 @pytest.mark.parametrize(("args", "field"), [
     (["user", "add", "carol", "--role", "accountant"], "--role"),
     (["user", "add", "--role", "owner", "--", "Alice"], "NAME"),
@@ -86,8 +92,9 @@ def test_a_refused_bootstrap_creates_nothing(cli: Cli, elsewhere: Path, args: li
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("store"), [["user", "add", OWNER, "--role", "owner"]])
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
+    return build_template(tmp_path_factory.mktemp("store"), [["user", "add", OWNER, "--role", "owner"]],
+                          backend_stores)
 
 
 @pytest.fixture
@@ -99,7 +106,7 @@ def env(template: Path, relay_env: Path) -> Path:
 
 def test_an_unknown_user_names_the_store_read(cli: Cli, env: Path) -> None:
     result = cli("tenant", "list", "--as", "mallory")
-    assert_one_line_error(result, 3, f"no user 'mallory' in the store {env / 'relay.db'}")
+    assert_one_line_error(result, 3, f"no user 'mallory' in the store {location()}")
     assert result.err.startswith("relay-admin: permission denied: ")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -20,8 +19,12 @@ from relay.core.models import CheckResult, CheckStatus, KeyState, Sender, Tenant
 from relay.core.store import StoreError, utcnow
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_acme_template,
+    database_from,
+    env_url,
+    fail_inserts,
     open_store,
     restore_template,
     state,
@@ -42,8 +45,12 @@ def tenant_set(cli: Cli, tenant: str, given: Mapping[str, str | None] | None = N
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_acme_template(tmp_path_factory.mktemp("tenants"), admin=False)
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
+    return build_acme_template(tmp_path_factory.mktemp("tenants"), admin=False, stores=backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -295,11 +302,7 @@ def test_no_acting_user_is_usage_error(cli: Cli, env: Path) -> None:
 @pytest.mark.parametrize("tenant_id", ["acme", "newco"])
 def test_failed_store_write_leaves_no_key_file_and_no_change(env: Path, tenant_id: str) -> None:
     # A real failure inside the real store: a trigger makes the audit insert (the last write) fail.
-    db = sqlite3.connect(env / "relay.db")
-    db.execute("CREATE TRIGGER fail_audit BEFORE INSERT ON audit "
-               "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
-    db.commit()
-    db.close()
+    fail_inserts(env_url(), "audit")
     before = state(env)
     store = open_store(env)
     try:

@@ -12,9 +12,12 @@ from admin.auth import user_for_token, verify_password
 from relay.core.models import Role
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_template,
-    dump_store,
+    database_from,
+    dump_url,
+    env_url,
     open_store,
     restore_template,
     state,
@@ -25,7 +28,7 @@ OWNER, STAFF, ADMIN, ACCOUNTANT, OTHER = "alice", "olga", "dana", "carl", "cora"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
     return build_template(tmp_path_factory.mktemp("tokens"), [
         ["user", "add", OWNER, "--role", "owner"],
         ["tenant", "set", "acme", "--name", "Acme", "--email", "billing@acme.test",
@@ -34,7 +37,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["user", "add", ADMIN, "--role", "admin", "--tenant", "acme", "--as", OWNER],
         ["user", "add", ACCOUNTANT, "--role", "accountant", "--tenant", "acme", "--as", OWNER],
         ["user", "add", OTHER, "--role", "accountant", "--tenant", "acme", "--as", OWNER],
-    ])
+    ], backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -66,7 +73,7 @@ def test_token_add_prints_it_once_and_the_store_keeps_only_prefix_and_hash(cli: 
     token = data["token"]
     assert result.out.count(token) == 1
     prefix, secret = token.split("_", 2)[1:]
-    dump = repr(dump_store(env / "relay.db"))
+    dump = repr(dump_url(env_url()))
     assert secret not in dump and token not in dump and prefix in dump
     store = open_store(env)
     try:

@@ -14,7 +14,7 @@ from admin.context import BOOTSTRAP_ACTOR
 from relay.core.models import Role
 from relay.core.store import utcnow
 from tests.conftest import CliResult
-from tests.snapshot import assert_one_line_error, open_store, state
+from tests.snapshot import assert_one_line_error, open_store, state, store_exists
 
 Cli = Callable[..., CliResult]
 
@@ -157,7 +157,7 @@ def test_user_add_json_names_the_scope(cli: Cli, relay_env: Path, owner: str) ->
 def test_the_first_user_is_never_scoped(cli: Cli, relay_env: Path) -> None:
     result = cli("user", "add", "alice", "--role", "admin", "--tenant", "acme")
     assert_one_line_error(result, 2, "--tenant: the first user cannot be scoped")
-    assert not (relay_env / "relay.db").exists()
+    assert not store_exists()
 
 
 # --- user password ----------------------------------------------------------------------------------

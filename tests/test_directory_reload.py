@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.core.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
-from relay.core.store import SqliteStore, utcnow
+from relay.core.store import open_store, utcnow
 from relay.policy.directory import Snapshot, changes
 from tests.conftest import CliResult
 from tests.factories import make_tenant
@@ -23,6 +23,7 @@ from tests.relay_harness import (
     relay_running,
     send,
 )
+from tests.snapshot import env_url
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: R\r\n\r\nBody.\r\n"
 
@@ -81,8 +82,8 @@ async def test_admin_commands_that_change_nothing_served_log_no_reload(
         relay_env: Path, owner: Callable[..., CliResult], cli: Callable[..., CliResult],
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay")
-    settings = make_settings(relay_env)
-    reader = SqliteStore(settings.database_path)
+    settings = make_settings(relay_env, database=env_url())
+    reader = open_store(settings)
     try:
         async with relay_running(settings, None) as relay:  # the relay opens the store itself
             before = reader.generation()
@@ -101,9 +102,10 @@ async def test_admin_commands_that_change_nothing_served_log_no_reload(
     assert _reloads(caplog) == ["directory reloaded: 1 client added"]
 
 
-async def test_a_client_added_a_moment_ago_logs_in_at_once(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, reload_interval=3600.0)  # the periodic poll never comes
-    store = SqliteStore(settings.database_path)
+async def test_a_client_added_a_moment_ago_logs_in_at_once(tmp_path: Path, database_url: str) -> None:
+    # The periodic poll never comes.
+    settings = make_settings(tmp_path, database=database_url, reload_interval=3600.0)
+    store = open_store(settings)
     make_tenant(store, settings, "acme")
     try:
         async with relay_running(settings, store) as relay:

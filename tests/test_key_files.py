@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from relay.core import dkimkeys
 from relay.core.models import DkimKey, TenantStatus
 from relay.core.settings import Settings
-from relay.core.store import SqliteStore
+from relay.core.store import Store, open_store
 from relay.mail.signer import DkimSigner
 from relay.policy.directory import Directory, KeyProblem
 from tests.factories import make_tenant
@@ -28,6 +27,7 @@ from tests.relay_harness import (
     send,
     smtp_upstream,
 )
+from tests.snapshot import Stores, database_from, restore_template, run_sql
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: S\r\n\r\nBody.\r\n"
 
@@ -37,11 +37,11 @@ def tenant_message(tenant: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> tuple[Path, str]:
     """Two verified tenants with their keys and one client for both, made once."""
     tmp = tmp_path_factory.mktemp("keyfiles")
-    settings = make_settings(tmp)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(tmp, database=backend_stores.template(tmp))
+    store = open_store(settings)
     make_tenant(store, settings, "acme", name="Acme", domain="acme.test", status=TenantStatus.VERIFIED)
     make_tenant(store, settings, "beta", name="Beta", domain="beta.test", status=TenantStatus.VERIFIED)
     secret = add_client(store, "pair", tenants=("acme", "beta"))
@@ -53,7 +53,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 class World:
     tmp: Path
     settings: Settings
-    store: SqliteStore
+    store: Store
     secret: str
     upstream: RecordingUpstream
 
@@ -71,13 +71,18 @@ class World:
         return path
 
 
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template", lambda template: template[0])
+
+
 @pytest.fixture
-async def world(template: tuple[Path, str], tmp_path: Path) -> AsyncIterator[World]:
+async def world(template: tuple[Path, str], tmp_path: Path, database_url: str) -> AsyncIterator[World]:
     source, secret = template
-    shutil.copytree(source, tmp_path / "w")
+    (tmp_path / "w").mkdir()
+    restore_template(source, tmp_path / "w", database_url)
     async with RecordingUpstream() as upstream:
-        settings = make_settings(tmp_path / "w", upstream=smtp_upstream(upstream.port))
-        store = SqliteStore(settings.database_path)
+        settings = make_settings(tmp_path / "w", database=database_url, upstream=smtp_upstream(upstream.port))
+        store = open_store(settings)
         yield World(tmp_path / "w", settings, store, secret, upstream)
         store.close()
 
@@ -165,8 +170,7 @@ async def test_a_key_reached_through_a_symlink_is_refused(
 
 
 def set_key_file(world: World, key_file: str) -> None:
-    with sqlite3.connect(world.settings.database_path) as db:
-        db.execute("UPDATE dkim_keys SET key_file = ? WHERE tenant = 'acme'", (key_file,))
+    run_sql(world.settings.database, "UPDATE dkim_keys SET key_file = ? WHERE tenant = 'acme'", (key_file,))
 
 
 @pytest.mark.parametrize("form", ["absolute", "dot-dot", "dot"])

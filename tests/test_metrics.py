@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, values
 
 from relay.core.metrics import Metrics
 from relay.core.settings import HostPort, SettingsError, load_settings
-from relay.core.store import SqliteStore
+from relay.core.store import Store, open_store
 from relay.service import metrics as metrics_module
 from relay.service.metrics import MetricsServer, readiness
 from relay.service.revalidator import Revalidator
@@ -41,8 +41,8 @@ from tests.relay_harness import (
     relay_running,
     send,
     smtp_upstream,
-    verified_acme,
 )
+from tests.snapshot import verified_acme
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Count me\r\n\r\nBody.\r\n"
 
@@ -50,15 +50,16 @@ MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Coun
 @dataclass
 class Site:
     tmp: Path
-    store: SqliteStore
+    store: Store
     secret: str
+    database: str
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, database_url: str) -> Iterator[Site]:
     """A store with the verified tenant `acme` and its client `billing`."""
-    store, _, secret = verified_acme(tmp_path)
-    yield Site(tmp_path, store, secret)
+    store, _, secret = verified_acme(make_settings(tmp_path, database=database_url))
+    yield Site(tmp_path, store, secret, database_url)
     store.close()
 
 
@@ -160,7 +161,7 @@ def test_multiprocess_mode_writes_values_to_files_and_adds_them_up() -> None:
 
 async def test_a_message_moves_the_counters(site: Site) -> None:
     async with RecordingUpstream() as upstream:
-        settings = make_settings(site.tmp, upstream=smtp_upstream(upstream.port))
+        settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(upstream.port))
         async with relay_running(settings, site.store) as relay:
             registry = relay.metrics.registry
             assert value(registry, "relay_tenants", status="verified") == 1
@@ -184,11 +185,11 @@ async def test_a_message_moves_the_counters(site: Site) -> None:
 async def test_refusals_deferrals_and_an_unreachable_upstream(site: Site) -> None:
     script = Script(rcpt={"nobody@example.test": "550 5.1.1 No such user"})
     async with ScriptedUpstream(script) as upstream:
-        settings = make_settings(site.tmp, upstream=smtp_upstream(upstream.port))
+        settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(upstream.port))
         async with relay_running(settings, site.store) as relay:
             refused = await send(relay, MESSAGE, user="billing", secret=site.secret, rcpts=("nobody@example.test",))
             assert refused.code == 550, refused
-    settings = make_settings(site.tmp, upstream=smtp_upstream(closed_port()))
+    settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(closed_port()))
     async with relay_running(settings, site.store) as down:
         deferred = await send(down, MESSAGE, user="billing", secret=site.secret)
         assert deferred.code == 451, deferred
@@ -201,7 +202,7 @@ async def test_refusals_deferrals_and_an_unreachable_upstream(site: Site) -> Non
 
 
 async def test_a_missing_key_counts_a_signing_failure_and_makes_the_relay_not_ready(site: Site) -> None:
-    settings = make_settings(site.tmp)
+    settings = make_settings(site.tmp, database=site.database)
     [key] = site.store.list_keys("acme")
     (settings.keys_dir / key.key_file).unlink()
     async with relay_running(settings, site.store) as relay:
@@ -229,7 +230,8 @@ async def test_a_missing_key_counts_a_signing_failure_and_makes_the_relay_not_re
 
 async def test_a_tenant_waiting_for_its_turn_is_counted(site: Site) -> None:
     async with ScriptedUpstream(Script(hold_after_dot=True)) as upstream:
-        settings = make_settings(site.tmp, upstream=smtp_upstream(upstream.port), max_inflight_per_tenant=1)
+        settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(upstream.port),
+                                 max_inflight_per_tenant=1)
         async with relay_running(settings, site.store) as relay:
             first = asyncio.create_task(send(relay, MESSAGE, user="billing", secret=site.secret))
             await asyncio.wait_for(upstream.dot_arrived.wait(), 20)  # holds acme's only turn
@@ -240,14 +242,14 @@ async def test_a_tenant_waiting_for_its_turn_is_counted(site: Site) -> None:
     assert value(relay.metrics.registry, "relay_tenant_gate_waits_total") == 1
 
 
-async def test_revalidation_results_are_counted(tmp_path: Path) -> None:
+async def test_revalidation_results_are_counted(tmp_path: Path, database_url: str) -> None:
     # Asked of a closed port, every question fails at once: the check is made and "could not check".
-    settings = make_settings(tmp_path, revalidate_interval=1.0, dns_timeout=0.5,
+    settings = make_settings(tmp_path, database=database_url, revalidate_interval=1.0, dns_timeout=0.5,
                              nameservers=[HostPort("127.0.0.1", closed_port())])
-    store = SqliteStore(settings.database_path)
+    store = open_store(settings)
     make_tenant(store, settings, "acme")
     metrics = Metrics()
-    revalidator = Revalidator(settings, opener=lambda: SqliteStore(settings.database_path), tick=60, metrics=metrics)
+    revalidator = Revalidator(settings, opener=lambda: open_store(settings), tick=60, metrics=metrics)
     try:
         [report] = await revalidator.tick_once()
     finally:
@@ -280,7 +282,8 @@ def test_one_scrape_sums_every_worker(site: Site) -> None:
         pytest.skip("the relay console script is not installed in this venv")
     temp = site.tmp / "temp"
     temp.mkdir()
-    env = process_env(site.tmp, RELAY_WORKERS="2", RELAY_METRICS_LISTEN="127.0.0.1:0", TMPDIR=str(temp))
+    env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_WORKERS="2", RELAY_METRICS_LISTEN="127.0.0.1:0",
+                      TMPDIR=str(temp))
     with RelayProcess(env) as relay:
         [metrics_url] = [m.group(1) for line in relay.banner() if (m := re.search(r"metrics on (\S+)", line))]
         port = relay.port
@@ -336,7 +339,8 @@ def test_an_address_in_use_stops_start_up_in_one_line(site: Site) -> None:
     taken = metrics_module.listen(("127.0.0.1", 0))
     try:
         port = taken.getsockname()[1]
-        with RelayProcess(process_env(site.tmp, RELAY_METRICS_LISTEN=f"127.0.0.1:{port}")) as relay:
+        env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_METRICS_LISTEN=f"127.0.0.1:{port}")
+        with RelayProcess(env) as relay:
             assert relay.wait() == 2
     finally:
         taken.close()

@@ -16,7 +16,7 @@ import pytest
 
 from relay.core.models import DkimKey, Tenant, TenantStatus
 from relay.core.settings import Settings
-from relay.core.store import SqliteStore
+from relay.core.store import Store, open_store
 from tests.factories import make_tenant
 from tests.nsd import Nsd
 from tests.peers import require_binary
@@ -32,12 +32,13 @@ from tests.relay_harness import (
     smtp_upstream,
     values,
 )
+from tests.snapshot import Stores
 
 
 @dataclass
 class World:
     settings: Settings
-    store: SqliteStore
+    store: Store
     nsd: Nsd
     acme: tuple[Tenant, DkimKey]
     platform: tuple[Tenant, DkimKey]
@@ -45,12 +46,12 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
     """Tenants, keys, clients and NSD for the whole module (RSA keys and NSD cost time)."""
     require_binary("nsd", "nsd")  # fails under `make test`, skips under a bare pytest
     tmp = tmp_path_factory.mktemp("e2e")
-    settings = make_settings(tmp, platform_sender="platform")
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(tmp, database=backend_stores.new(tmp), platform_sender="platform")
+    store = open_store(settings)
     acme = make_tenant(store, settings, "acme", name="Acme Comptabilité", domain="acme.test",
                        status=TenantStatus.VERIFIED)
     platform = make_tenant(store, settings, "platform", name="Accounton", email="noreply@accounton.test",
@@ -65,6 +66,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     yield World(settings, store, nsd, acme, platform, secrets)
     nsd.stop()
     store.close()
+    backend_stores.discard(settings.database)
 
 
 def dkim_tags(data: bytes) -> dict[str, str]:

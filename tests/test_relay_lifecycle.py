@@ -25,7 +25,7 @@ import pytest
 from admin.tenants import set_tenant
 from relay.core.models import DkimKey, Sender, Tenant, TenantStatus
 from relay.core.settings import HostPort, Settings
-from relay.core.store import SqliteStore, StoreError, StoreMissing, utcnow
+from relay.core.store import Store, StoreError, open_store, utcnow
 from relay.domains.dnscheck import DnsClient, DnsError, Failure, Finding, Question
 from relay.domains.notify import verify_signature
 from relay.domains.records import records_for
@@ -51,6 +51,7 @@ from tests.relay_harness import (
     smtp_upstream,
     values,
 )
+from tests.snapshot import open_url_with, store_exists
 from tests.test_notify import SECRET, Receiver
 from tests.test_validate import RELAY_ZONE, txt
 
@@ -78,7 +79,7 @@ class World:
     """A store with `acme` and the platform sender (both verified), a client for acme, and NSD."""
 
     tmp: Path
-    store: SqliteStore
+    store: Store
     nsd: Nsd
     acme: tuple[Tenant, DkimKey]
     platform: tuple[Tenant, DkimKey]
@@ -103,9 +104,10 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, nsd_factory: Callable[[dict[str, str]], Nsd]) -> Iterator[World]:
-    settings = make_settings(tmp_path, platform_sender="platform", dns_timeout=2.0)
-    store = SqliteStore(settings.database_path)
+def world(tmp_path: Path, database_url: str,
+          nsd_factory: Callable[[dict[str, str]], Nsd]) -> Iterator[World]:
+    settings = make_settings(tmp_path, database=database_url, platform_sender="platform", dns_timeout=2.0)
+    store = open_store(settings)
     acme = make_tenant(store, settings, "acme", name="Acme BV", domain="acme.test", status=TenantStatus.VERIFIED)
     platform = make_tenant(store, settings, "platform", name="Accounton", email="noreply@accounton.test",
                            domain="accounton.test", status=TenantStatus.VERIFIED)
@@ -207,8 +209,8 @@ async def test_two_relays_on_one_store_check_each_tenant_once(
     nsd = nsd_factory(zones)  # NSD loads new zones only at start
     # Due once (never checked), then not for an hour.
     settings = world.settings(revalidate_interval=3600.0, nameservers=[HostPort("127.0.0.1", nsd.port)])
-    first = Revalidator(settings, opener=lambda: SqliteStore(settings.database_path), tick=TICK)
-    second = Revalidator(settings, opener=lambda: SqliteStore(settings.database_path), tick=TICK)
+    first = Revalidator(settings, opener=lambda: open_store(settings), tick=TICK)
+    second = Revalidator(settings, opener=lambda: open_store(settings), tick=TICK)
     try:
         for _ in range(3):  # both look at the same moment, with the same list of due tenants
             await asyncio.gather(first.tick_once(), second.tick_once())
@@ -224,8 +226,8 @@ async def test_a_tenant_checked_since_the_list_was_read_is_not_checked_again(
     """The race the lease alone leaves open: B reads the due list, A checks a tenant and releases its
     lease, then B claims it; B must look again and find it no longer due."""
     settings = world.settings(revalidate_interval=3600.0)
-    first = Revalidator(settings, opener=lambda: SqliteStore(settings.database_path), tick=TICK)
-    second = Revalidator(settings, opener=lambda: SqliteStore(settings.database_path), tick=TICK)
+    first = Revalidator(settings, opener=lambda: open_store(settings), tick=TICK)
+    second = Revalidator(settings, opener=lambda: open_store(settings), tick=TICK)
     stale = due_tenant_ids(world.store, utcnow(), timedelta(hours=1))
     assert stale == ["acme", "platform"]
     try:
@@ -241,11 +243,12 @@ async def test_a_tenant_checked_since_the_list_was_read_is_not_checked_again(
 
 def test_two_worker_processes_never_check_one_tenant_twice_in_an_interval(world: World) -> None:
     interval = 2
-    env = process_env(world.tmp, RELAY_WORKERS="2", RELAY_REVALIDATE_INTERVAL=f"{interval}s",
+    env = process_env(world.tmp, RELAY_DATABASE=world.base.database, RELAY_WORKERS="2",
+                      RELAY_REVALIDATE_INTERVAL=f"{interval}s",
                       RELAY_NAMESERVERS=f"127.0.0.1:{world.nsd.port}", RELAY_PLATFORM_SENDER="platform")
     with RelayProcess(env) as relay:
         relay.banner()
-        reader = SqliteStore(world.base.database_path)
+        reader = open_store(world.base)
         try:
             checks = _wait_for_checks(reader, ("acme", "platform"), rounds=3)
         finally:
@@ -257,7 +260,7 @@ def test_two_worker_processes_never_check_one_tenant_twice_in_an_interval(world:
     assert not [line for line in relay.lines() if "revalidat" in line and "failed" in line], relay.lines()
 
 
-def _wait_for_checks(store: SqliteStore, tenants: Iterable[str], *, rounds: int) -> dict[str, list[Any]]:
+def _wait_for_checks(store: Store, tenants: Iterable[str], *, rounds: int) -> dict[str, list[Any]]:
     """The times of each tenant's `revalidate` entries, once each has `rounds` of them (bounded poll)."""
     deadline = time.monotonic() + 4 * WAIT
     while True:
@@ -314,24 +317,29 @@ async def test_a_refused_notification_is_logged_without_secret_and_kept(
 # ------------------------------------------------------------------ (d) failures the loop outlives
 
 
-class FlakyStore(SqliteStore):
-    """A store whose first reads of the tenant list, or first lease writes, fail as a broken store's would."""
+class FlakyStore:
+    """A store whose first reads of the tenant list, or first lease writes, fail as a broken store's would
+    (mixed into the backend's class by `flaky_store`)."""
 
-    def __init__(self, path: Path, *, failures: int = 0, lease_failures: int = 0) -> None:
-        super().__init__(path)
-        self.failures, self.lease_failures = failures, lease_failures
+    failures = 0
+    lease_failures = 0
 
     def list_tenants(self) -> list[Tenant]:
         if self.failures > 0:
             self.failures -= 1
             raise StoreError("the store could not be read: database is locked")
-        return super().list_tenants()
+        return super().list_tenants()  # type: ignore[misc, no-any-return]
 
     def acquire_lease(self, name: str, holder: str, until: datetime, now: datetime) -> bool:
         if self.lease_failures > 0:
             self.lease_failures -= 1
             raise StoreError("the store refused a write: attempt to write a readonly database")
-        return super().acquire_lease(name, holder, until, now)
+        return super().acquire_lease(name, holder, until, now)  # type: ignore[misc, no-any-return]
+
+
+def flaky_store(settings: Settings, *, failures: int = 0, lease_failures: int = 0) -> Store:
+    store: Store = open_url_with(settings.database, FlakyStore, failures=failures, lease_failures=lease_failures)
+    return store
 
 
 class ScriptedDns(DnsClient):
@@ -357,7 +365,7 @@ async def test_the_loop_outlives_store_and_dns_failures(world: World, caplog: py
     # Only acme is due, so the DNS script is played on its checks alone.
     world.store.save_lifecycle("platform", status=TenantStatus.VERIFIED, failing_since=None,
                                verified_at=utcnow(), last_validated_at=utcnow() + timedelta(days=1))
-    revalidator = Revalidator(settings, opener=lambda: FlakyStore(settings.database_path, failures=2), tick=TICK,
+    revalidator = Revalidator(settings, opener=lambda: flaky_store(settings, failures=2), tick=TICK,
                               client=ScriptedDns(settings, ["raise", "raise", "servfail"]))
     revalidator.start()
     try:
@@ -381,7 +389,7 @@ async def test_a_store_failure_of_every_tenant_is_said_once_for_the_tick(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     settings = world.settings()
-    store = FlakyStore(settings.database_path, lease_failures=2)  # both tenants' claims, in one tick
+    store = flaky_store(settings, lease_failures=2)  # both tenants' claims, in one tick
     revalidator = Revalidator(settings, opener=lambda: store, tick=TICK)
     try:
         await revalidator.tick_safely()
@@ -394,21 +402,16 @@ async def test_a_store_failure_of_every_tenant_is_said_once_for_the_tick(
                      "attempt to write a readonly database"], lines
 
 
-async def test_the_loop_waits_for_a_store_that_does_not_exist_yet(tmp_path: Path) -> None:
+async def test_the_loop_waits_for_a_store_that_does_not_exist_yet(tmp_path: Path, database_url: str) -> None:
     # Asked of a closed port, every question fails at once: the check is made, and changes nothing.
-    settings = make_settings(tmp_path, revalidate_interval=1.0, dns_timeout=0.5,
+    settings = make_settings(tmp_path, database=database_url, revalidate_interval=1.0, dns_timeout=0.5,
                              nameservers=[HostPort("127.0.0.1", closed_port())])
-
-    def opener() -> SqliteStore:
-        if not settings.database_path.exists():
-            raise StoreMissing("no store yet")
-        return SqliteStore(settings.database_path)
-
-    revalidator = Revalidator(settings, opener=opener, tick=TICK)
+    # The relay's own opener: StoreMissing while there is no store (an empty PostgreSQL database is none).
+    revalidator = Revalidator(settings, opener=lambda: open_store(settings, create=False), tick=TICK)
     try:
         assert await revalidator.tick_once() == []
-        assert not settings.database_path.exists(), "never created by the loop"
-        store = SqliteStore(settings.database_path)  # `relay-admin user add` creates it
+        assert not store_exists(database_url), "never created by the loop"
+        store = open_store(settings)  # `relay-admin user add` creates it
         try:
             make_tenant(store, settings, "acme")
             [report] = await revalidator.tick_once()
@@ -426,15 +429,14 @@ def test_the_tick_is_a_quarter_of_the_interval_at_most_a_minute() -> None:
 # ------------------------------------------------------------------ (e) the snapshot is never torn
 
 
-class TearingStore(SqliteStore):
-    """Right after the tenants are read, another process commits a change (once)."""
+class TearingStore:
+    """Right after the tenants are read, another process commits a change (once); mixed into the
+    backend's class."""
 
-    def __init__(self, path: Path, change: Callable[[], None]) -> None:
-        super().__init__(path)
-        self.change: Callable[[], None] | None = change
+    change: Callable[[], None] | None = None
 
     def list_tenants(self) -> list[Tenant]:
-        tenants = super().list_tenants()
+        tenants: list[Tenant] = super().list_tenants()  # type: ignore[misc]
         if self.change is not None:
             change, self.change = self.change, None
             change()
@@ -444,14 +446,14 @@ class TearingStore(SqliteStore):
 def test_the_snapshot_is_read_in_one_transaction(world: World) -> None:
     settings = world.base
     old_tenant, old_key = world.acme
-    other = SqliteStore(settings.database_path)  # the admin's own connection
+    other = open_store(settings)  # the admin's own connection
 
     def tenant_set() -> None:
         """A new address: a new key signs from now on, the old one is kept as `retiring`."""
         sender = Sender(name="Acme BV", email="facturen@acme.test", domain="acme.test")
         set_tenant(other, settings.keys_dir, "acme", sender, actor="alice")
 
-    store = TearingStore(settings.database_path, tenant_set)
+    store = open_url_with(settings.database, TearingStore, change=tenant_set)
     directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=1.0)
     try:
         generation = store.generation()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from relay.core.settings import SettingsError, load_settings
-from relay.core.store import SqliteStore
+from relay.core.store import open_store
 from relay.service.relay import RunningRelay
 from relay.smtp.limits import ConnectionCounter, admits
 from tests.relay_harness import eventually, make_settings, relay_running, self_signed
@@ -44,14 +44,14 @@ class Conn:
 class Lab:
     """Relays on free loopback ports over one empty store, and connections to them (all closed at the end)."""
 
-    def __init__(self, tmp: Path, stack: AsyncExitStack) -> None:
-        self._tmp, self._stack = tmp, stack
-        self._store = SqliteStore(tmp / "relay.db")
+    def __init__(self, tmp: Path, stack: AsyncExitStack, database: str) -> None:
+        self._tmp, self._stack, self._database = tmp, stack, database
+        self._store = open_store(make_settings(tmp, database=database))
         stack.callback(self._store.close)
         self.relay: RunningRelay | None = None
 
     async def start(self, **fields: Any) -> RunningRelay:
-        settings = make_settings(self._tmp, **fields)
+        settings = make_settings(self._tmp, database=self._database, **fields)
         self.relay = await self._stack.enter_async_context(relay_running(settings, self._store))
         return self.relay
 
@@ -64,9 +64,9 @@ class Lab:
 
 
 @pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+async def lab(tmp_path: Path, database_url: str) -> AsyncIterator[Lab]:
     async with AsyncExitStack() as stack:
-        yield Lab(tmp_path, stack)
+        yield Lab(tmp_path, stack, database_url)
 
 
 def live_sessions(relay: RunningRelay) -> int:
@@ -186,6 +186,7 @@ def test_admits_is_below_both_limits(total: int, from_ip: int, expected: bool) -
     assert admits(total=total, from_ip=from_ip, max_total=10, max_per_ip=5) is expected
 
 
+@pytest.mark.sqlite_only  # settings alone: no store is opened
 @pytest.mark.parametrize(("variable", "value"), [
     ("RELAY_MAX_CONNECTIONS", "0"),
     ("RELAY_MAX_CONNECTIONS", "many"),
@@ -202,6 +203,7 @@ def test_bad_limit_is_one_line_naming_the_variable(
     assert str(caught.value).startswith(f"{variable}: ") and "\n" not in str(caught.value)
 
 
+@pytest.mark.sqlite_only  # settings alone: no store is opened
 def test_limits_default_and_parse(relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = load_settings()
     assert (defaults.max_connections, defaults.max_connections_per_ip) == (1000, 100)

@@ -17,7 +17,7 @@ import pytest
 from relay.core.models import TenantStatus
 from relay.core.replies import Reply
 from relay.core.settings import Settings, Upstream
-from relay.core.store import SqliteStore
+from relay.core.store import Store, open_store
 from relay.smtp import server as relay_server
 from relay.smtp.upstream import Envelope
 from tests.factories import make_tenant
@@ -37,6 +37,7 @@ from tests.relay_harness import (
     server_tls,
     smtp_upstream,
 )
+from tests.snapshot import Stores
 
 MESSAGE = b"From: app@platform.test\r\nTo: a@example.test\r\nSubject: R\r\n\r\nBody.\r\n"
 
@@ -44,7 +45,7 @@ MESSAGE = b"From: app@platform.test\r\nTo: a@example.test\r\nSubject: R\r\n\r\nB
 @dataclass
 class World:
     settings: Settings
-    store: SqliteStore
+    store: Store
     secret: str
 
     def with_upstream(self, port: int, **fields: Any) -> Settings:
@@ -52,14 +53,15 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("reliability")
-    settings = make_settings(tmp)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(tmp, database=backend_stores.new(tmp))
+    store = open_store(settings)
     make_tenant(store, settings, "acme", domain="acme.test", status=TenantStatus.VERIFIED)
     secret = add_client(store, "billing", tenants=("acme",))
     yield World(settings, store, secret)
     store.close()
+    backend_stores.discard(settings.database)
 
 
 def unstuffed(data: bytes) -> bytes:

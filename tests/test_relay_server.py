@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from relay.core import dkimkeys
 from relay.core.models import KeyState, TenantStatus
 from relay.core.settings import HostPort, Settings
-from relay.core.store import SqliteStore
+from relay.core.store import Store, open_store
 from tests.factories import make_tenant
 from tests.relay_harness import (
     RawClient,
@@ -31,6 +30,7 @@ from tests.relay_harness import (
     smtp_upstream,
     values,
 )
+from tests.snapshot import Stores, database_from, restore_template
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: S\r\n\r\nBody.\r\n"
 
@@ -40,11 +40,11 @@ def tenant_message(tenant: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> tuple[Path, dict[str, str]]:
     """A store with tenants, keys and clients, made once; each test works on its own copy."""
     tmp = tmp_path_factory.mktemp("template")
-    settings = make_settings(tmp)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(tmp, database=backend_stores.template(tmp))
+    store = open_store(settings)
     make_tenant(store, settings, "acme", name="Acme", domain="acme.test", status=TenantStatus.VERIFIED)
     make_tenant(store, settings, "beta", name="Beta", domain="beta.test", status=TenantStatus.VERIFIED)
     make_tenant(store, settings, "newco", name="NewCo", domain="newco.test")
@@ -61,7 +61,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 class World:
     tmp: Path
     settings: Settings
-    store: SqliteStore
+    store: Store
     secrets: dict[str, str]
     upstream: RecordingUpstream
 
@@ -69,13 +69,18 @@ class World:
         return self.settings.model_copy(update=fields)
 
 
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template", lambda template: template[0])
+
+
 @pytest.fixture
-async def world(template: tuple[Path, dict[str, str]], tmp_path: Path) -> AsyncIterator[World]:
+async def world(template: tuple[Path, dict[str, str]], tmp_path: Path, database_url: str) -> AsyncIterator[World]:
     source, secrets = template
-    shutil.copytree(source, tmp_path / "w")
+    (tmp_path / "w").mkdir()
+    restore_template(source, tmp_path / "w", database_url)
     async with RecordingUpstream() as upstream:
-        settings = make_settings(tmp_path / "w", upstream=smtp_upstream(upstream.port))
-        store = SqliteStore(settings.database_path)
+        settings = make_settings(tmp_path / "w", database=database_url, upstream=smtp_upstream(upstream.port))
+        store = open_store(settings)
         yield World(tmp_path / "w", settings, store, secrets, upstream)
         store.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.store import SqliteStore
+from relay.core.store import open_store
 from tests.relay_harness import (
     RCPT,
     RELAY_SCRIPT,
@@ -28,8 +28,8 @@ from tests.relay_harness import (
     process_env,
     relay_running,
     smtp_upstream,
-    verified_acme,
 )
+from tests.snapshot import verified_acme
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Stop\r\n\r\nBody.\r\n"
 SHUTTING_DOWN = (421, "4.3.2 relay.test shutting down")
@@ -39,14 +39,15 @@ SHUTTING_DOWN = (421, "4.3.2 relay.test shutting down")
 class Site:
     tmp: Path
     secret: str
+    database: str
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, database_url: str) -> Iterator[Site]:
     """A store with one verified tenant and its client `billing`."""
-    store, _, secret = verified_acme(tmp_path)
+    store, _, secret = verified_acme(make_settings(tmp_path, database=database_url))
     store.close()
-    yield Site(tmp_path, secret)
+    yield Site(tmp_path, secret, database_url)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,7 @@ def _refused(port: int) -> bool:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_tells_an_idle_client_421_and_exits_0(site: Site, workers: str) -> None:
-    with RelayProcess(process_env(site.tmp, RELAY_WORKERS=workers)) as relay:
+    with RelayProcess(process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_WORKERS=workers)) as relay:
         smtp = smtplib.SMTP("127.0.0.1", relay.port, timeout=20)
         try:
             smtp.ehlo()
@@ -93,7 +94,7 @@ def test_sigterm_tells_an_idle_client_421_and_exits_0(site: Site, workers: str) 
 
 
 def test_sigint_stops_the_same_way(site: Site) -> None:
-    with RelayProcess(process_env(site.tmp)) as relay:
+    with RelayProcess(process_env(site.tmp, RELAY_DATABASE=site.database)) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as smtp:
             relay.process.send_signal(signal.SIGINT)
             told = _reply(smtp.getreply())
@@ -117,7 +118,7 @@ def _send_then_listen(port: int, secret: str) -> tuple[tuple[int, str], tuple[in
 
 async def test_transaction_in_flight_gets_its_250_after_sigterm(site: Site) -> None:
     async with ScriptedUpstream(Script(hold_after_dot=True)) as upstream:
-        env = process_env(site.tmp, RELAY_UPSTREAM=f"smtp://127.0.0.1:{upstream.port}")
+        env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_UPSTREAM=f"smtp://127.0.0.1:{upstream.port}")
         with RelayProcess(env) as relay:
             port = await asyncio.to_thread(lambda: relay.port)
             client = asyncio.create_task(asyncio.to_thread(_send_then_listen, port, site.secret))
@@ -143,8 +144,8 @@ async def test_transaction_in_flight_gets_its_250_after_sigterm(site: Site) -> N
 
 async def test_a_message_being_uploaded_is_finished_then_421(site: Site) -> None:
     async with RecordingUpstream() as upstream:
-        settings = make_settings(site.tmp, upstream=smtp_upstream(upstream.port))
-        store = SqliteStore(settings.database_path)
+        settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(upstream.port))
+        store = open_store(settings)
         async with relay_running(settings, store) as relay:
             uploading = await RawClient.connect(relay)
             await uploading.start_mail("billing", site.secret)  # at the 354
@@ -164,8 +165,8 @@ async def test_a_message_being_uploaded_is_finished_then_421(site: Site) -> None
 
 
 async def test_a_connection_after_the_stop_is_refused(site: Site) -> None:
-    settings = make_settings(site.tmp)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(site.tmp, database=site.database)
+    store = open_store(settings)
     async with relay_running(settings, store) as relay:
         host, port = relay.address
         held = await RawClient.connect(relay)
@@ -184,8 +185,8 @@ async def test_a_connection_after_the_stop_is_refused(site: Site) -> None:
 async def test_after_the_grace_a_stalled_transaction_gets_421(site: Site, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     async with ScriptedUpstream(Script(after_dot="stall")) as upstream:
-        settings = make_settings(site.tmp, upstream=smtp_upstream(upstream.port))
-        store = SqliteStore(settings.database_path)
+        settings = make_settings(site.tmp, database=site.database, upstream=smtp_upstream(upstream.port))
+        store = open_store(settings)
         async with relay_running(settings, store) as relay:
             client = await RawClient.connect(relay)
             await client.start_mail("billing", site.secret)

@@ -14,13 +14,14 @@ import pytest
 from relay.core import dkimkeys
 from relay.core.models import DkimKey, KeyState, TenantStatus
 from relay.core.settings import Settings, load_settings
-from relay.core.store import SqliteStore, Store, utcnow
+from relay.core.store import Store, utcnow
 from relay.domains import revalidation
 from relay.domains.dnscheck import DnsClient, Finding, Question
 from relay.domains.revalidation import revalidate
 from relay.domains.validation import LEASE_LOST, LEASED, lease_name, validate_tenant
 from tests.factories import make_tenant
 from tests.nsd import zone_text
+from tests.snapshot import open_store
 from tests.test_validate import (
     Cli,
     Site,
@@ -241,8 +242,7 @@ async def test_two_processes_never_check_one_tenant_at_once(make_site: MakeSite,
     site = make_site(status=TenantStatus.VERIFIED)
     site.serve(f"{site.dkim()}\n{site.cname}")
     settings = load_settings()
-    path = relay_env / "relay.db"
-    first, second = SqliteStore(path), SqliteStore(path)  # two connections, as two processes have
+    first, second = open_store(relay_env), open_store(relay_env)  # two connections, as two processes have
     gate, entered = asyncio.Event(), asyncio.Event()
     one, two = GatedClient(settings, gate, entered), GatedClient(settings, gate, asyncio.Event())
     running = asyncio.create_task(revalidate(first, settings, all_tenants=True, holder="host:1:a", client=one))

@@ -4,7 +4,6 @@ and how records, `tenant show`, `tenant set` and the Excel hand-over show the ke
 from __future__ import annotations
 
 import json
-import sqlite3
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,8 +24,12 @@ from relay.domains.records import in_lifecycle_order
 from relay.policy import directory
 from tests.conftest import CliResult
 from tests.snapshot import (
+    Stores,
     assert_one_line_error,
     build_acme_template,
+    database_from,
+    env_url,
+    fail_inserts,
     open_store,
     restore_template,
     state,
@@ -39,8 +42,12 @@ PURPOSE_COLUMN = 7
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_acme_template(tmp_path_factory.mktemp("rotation"))
+def template(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Path:
+    return build_acme_template(tmp_path_factory.mktemp("rotation"), stores=backend_stores)
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("template")
 
 
 @pytest.fixture
@@ -190,11 +197,7 @@ def test_a_tenant_without_an_active_key_is_refused(cli: Cli, env: Path) -> None:
 
 
 def test_failed_store_write_leaves_no_key_file(env: Path) -> None:
-    db = sqlite3.connect(env / "relay.db")
-    db.execute("CREATE TRIGGER fail_audit BEFORE INSERT ON audit "
-               "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
-    db.commit()
-    db.close()
+    fail_inserts(env_url(), "audit")
     before = state(env)
     store = open_store(env)
     try:

@@ -15,12 +15,13 @@ import pytest
 
 from relay.core.models import DkimKey, KeyState, TenantStatus
 from relay.core.settings import load_settings
-from relay.core.store import SqliteStore, utcnow
+from relay.core.store import utcnow
 from relay.domains.records import in_lifecycle_order
 from relay.domains.validation import validate_tenant
 from relay.policy import directory
 from tests.conftest import CliResult
 from tests.nsd import Nsd, zone_text
+from tests.snapshot import open_store
 
 Cli = Callable[..., CliResult]
 OWNER = "alice"
@@ -41,7 +42,7 @@ class Rotation:
     b: str
 
     def keys(self) -> list[DkimKey]:
-        store = SqliteStore(self.env / "relay.db")
+        store = open_store(self.env)
         try:
             return in_lifecycle_order(store.list_keys("acme"))
         finally:
@@ -51,7 +52,7 @@ class Rotation:
         return {key.selector: key.state for key in self.keys()}
 
     def status(self) -> TenantStatus:
-        store = SqliteStore(self.env / "relay.db")
+        store = open_store(self.env)
         try:
             tenant = store.get_tenant("acme")
         finally:
@@ -65,7 +66,7 @@ class Rotation:
 
     def validate(self) -> None:
         """The validation itself (relay.domains.validation), as the CLI and the relay's re-checks run it."""
-        store = SqliteStore(self.env / "relay.db")
+        store = open_store(self.env)
         try:
             asyncio.run(validate_tenant(store, load_settings(), "acme", actor=OWNER))
         finally:

@@ -11,6 +11,7 @@ import email.policy
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from admin.sendtest import IN_PROCESS_CLIENT, synthetic_client
 from relay.core.replies import INTERNAL_ERROR, TENANT_OUT_OF_SCOPE, ReplyError
-from relay.core.store import SqliteStore, utcnow
+from relay.core.store import utcnow
 from relay.core.transaction import Peer, Transaction
 from relay.policy.directory import Directory
 from relay.policy.senders import decide_tenant
@@ -46,15 +47,30 @@ from tests.sendtest_world import (
     outbox,
 )
 from tests.sendtest_world import send_test as send_test_any
-from tests.snapshot import assert_one_line_error, restore_template, state
+from tests.snapshot import (
+    Stores,
+    assert_one_line_error,
+    database_from,
+    env_url,
+    on_backend,
+    open_store,
+    restore_template,
+    state,
+)
 
 JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
              "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from build_world(tmp_path_factory, "send-test")
+def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
+    for built in build_world(tmp_path_factory, "send-test"):
+        pg_dir = tmp_path_factory.mktemp("send-test-pg")
+        yield replace(built, template=on_backend(built.template, backend_stores, pg_dir))
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("world", lambda world: world.template)
 
 
 @pytest.fixture
@@ -79,7 +95,7 @@ def body_text(data: bytes) -> str:
 
 
 def send_test_audit(env: Path) -> list[Any]:
-    store = SqliteStore(env / "relay.db")
+    store = open_store(env)
     try:
         return [entry for entry in store.list_audit() if entry.action == "send-test"]
     finally:
@@ -282,8 +298,8 @@ def test_synthetic_client_is_scoped_to_exactly_its_tenant(world: World) -> None:
 
 async def test_pipeline_refuses_a_client_that_is_not_the_transactions(env: Path, world: World) -> None:
     """The log line names `tx.client`; a different client handed in is an internal error, nothing sent."""
-    settings = make_settings(env)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(env, database=env_url())
+    store = open_store(env)
     try:
         directory = Directory(store, keys_dir=settings.keys_dir, reload_interval=1.0)
         directory.load()

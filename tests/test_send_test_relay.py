@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 
 from admin.sendtest_client import RETIRED, SEND_TEST_CLIENT
 from relay.core.credentials import hash_secret, new_secret, verify_secret
-from relay.core.store import SqliteStore
+from relay.core.store import open_store as open_settings_store
 from relay.service.relay import RunningRelay
 from tests.factories import make_client
 from tests.relay_harness import (
@@ -52,15 +53,31 @@ from tests.sendtest_world import (
     outbox,
     send_test,
 )
-from tests.snapshot import assert_one_line_error, restore_template, state
+from tests.snapshot import (
+    Stores,
+    assert_one_line_error,
+    database_from,
+    env_url,
+    location,
+    on_backend,
+    open_store,
+    restore_template,
+    state,
+)
 
 JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
              "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from build_world(tmp_path_factory, "send-test-relay")
+def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
+    for built in build_world(tmp_path_factory, "send-test-relay"):
+        pg_dir = tmp_path_factory.mktemp("send-test-relay-pg")
+        yield replace(built, template=on_backend(built.template, backend_stores, pg_dir))
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
+database_url = database_from("world", lambda world: world.template)
 
 
 @pytest.fixture
@@ -85,19 +102,17 @@ def secrets_issued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @asynccontextmanager
-async def relay_at(env: Path, monkeypatch: pytest.MonkeyPatch, *, store_dir: Path | None = None,
+async def relay_at(env: Path, monkeypatch: pytest.MonkeyPatch, *, database: str | None = None,
                    **fields: Any) -> AsyncIterator[RunningRelay]:
-    """The relay in this event loop on a free loopback port, on the store under `store_dir` (default: `env`),
-    writing into env's outbox; RELAY_LISTEN points relay-admin at it."""
-    settings = make_settings(env, **fields)
-    if store_dir is not None:
-        settings = make_settings(env, database=f"sqlite:///{store_dir / 'relay.db'}", **fields)
+    """The relay in this event loop on a free loopback port, on the store `database` (default: env's,
+    RELAY_DATABASE), writing into env's outbox; RELAY_LISTEN points relay-admin at it."""
+    settings = make_settings(env, database=database or env_url(), **fields)
     # The relay's reloads query the store on the loop's threads (asyncio.to_thread), and closing the relay
     # does not wait for one under way: the store is closed only once those threads are done with it.
     loop = asyncio.get_running_loop()
     threads = ThreadPoolExecutor(thread_name_prefix="relay-under-test")
     loop.set_default_executor(threads)
-    store = SqliteStore(settings.database_path)
+    store = open_settings_store(settings)
     try:
         async with relay_running(settings, store) as relay:
             host, port = relay.address
@@ -119,7 +134,7 @@ def transaction_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def audit(env: Path, action: str = "send-test") -> list[Any]:
-    store = SqliteStore(env / "relay.db")
+    store = open_store(env)
     try:
         return [entry for entry in store.list_audit() if entry.action == action]
     finally:
@@ -127,7 +142,7 @@ def audit(env: Path, action: str = "send-test") -> list[Any]:
 
 
 def stored_client(env: Path) -> Any:
-    store = SqliteStore(env / "relay.db")
+    store = open_store(env)
     try:
         return store.get_client(SEND_TEST_CLIENT)
     finally:
@@ -292,19 +307,23 @@ async def test_each_run_has_a_fresh_secret_that_is_retired_afterwards(
 
 async def test_a_relay_on_another_store_refuses_the_credential_in_bounded_time(
     env: Path, world: World, cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
-    caplog: pytest.LogCaptureFixture, secrets_issued: list[str],
+    caplog: pytest.LogCaptureFixture, secrets_issued: list[str], backend_stores: Stores,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     elsewhere = tmp_path_factory.mktemp("other-store")
-    restore_template(world.template, elsewhere)
+    other = backend_stores.copy(world.template, elsewhere)  # the same tenants, in another store
+    restore_template(world.template, elsewhere, other)  # and the keys beside it
     monkeypatch.setenv("RELAY_RELOAD_INTERVAL", "200ms")  # relay-admin retries AUTH for 0.2 s + 1 s
-    async with relay_at(env, monkeypatch, store_dir=elsewhere) as relay:
-        port = relay.address[1]
-        result = await run(cli)
+    try:
+        async with relay_at(env, monkeypatch, database=other) as relay:
+            port = relay.address[1]
+            result = await run(cli)
+    finally:
+        backend_stores.discard(other)
     assert_one_line_error(result, 1, "refused send-test's own credential")
     assert result.err == (f"relay-admin: the relay at 127.0.0.1:{port} refused send-test's own credential "
                           "for 1.2 s (535 5.7.8 Authentication credentials invalid): does the relay use the store "
-                          f"{env / 'relay.db'} (RELAY_DATABASE)?\n")
+                          f"{location()} (RELAY_DATABASE)?\n")
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auth failed")]
     assert len(refusals) >= 2 and all(f"user={SEND_TEST_CLIENT!r}" in line for line in refusals), refusals
     assert stored_client(env).secret_hash == RETIRED
@@ -413,7 +432,7 @@ async def test_a_client_of_that_name_with_a_network_is_never_given_a_secret(
     env: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Made before the name was reserved: its network would be all-tenants without AUTH; send-test will not use it."""
-    store = SqliteStore(env / "relay.db")
+    store = open_store(env)
     try:
         make_client(store, SEND_TEST_CLIENT, hash_secret("unknown"), all_tenants=True, networks=("10.9.0.0/16",))
     finally:
@@ -439,9 +458,9 @@ def test_bad_options(env: Path, cli: Cli, args: tuple[str, ...], field: str) -> 
 
 def test_a_relay_process_and_a_relay_admin_process(env: Path, world: World) -> None:
     """Nothing in-process: the `relay` and `relay-admin` console scripts, as an operator runs them."""
-    with RelayProcess(process_env(env)) as relay:
-        admin = process_env(env, RELAY_LISTEN=f"127.0.0.1:{relay.port}", RELAY_NAMESERVERS=world.nameservers,
-                            RELAY_ADMIN_USER=OWNER)
+    with RelayProcess(process_env(env, RELAY_DATABASE=env_url())) as relay:
+        admin = process_env(env, RELAY_DATABASE=env_url(), RELAY_LISTEN=f"127.0.0.1:{relay.port}",
+                            RELAY_NAMESERVERS=world.nameservers, RELAY_ADMIN_USER=OWNER)
         done = run_admin(admin, "send-test", "acme", "--to", RCPT, "--json")
         assert done.returncode == 0, done.stdout + done.stderr
         logged = relay.wait_line(rf"client={re.escape(SEND_TEST_CLIENT)} .*tenant=acme .*outcome=delivered")

@@ -17,7 +17,7 @@ import pytest
 
 from relay.core.models import DkimKey
 from relay.core.settings import HostPort, SettingsError, Upstream, load_settings
-from relay.core.store import SqliteStore
+from relay.core.store import open_store
 from relay.service import reload
 from relay.service.reload import plan
 from tests.relay_harness import (
@@ -29,8 +29,8 @@ from tests.relay_harness import (
     process_env,
     relay_running,
     send,
-    verified_acme,
 )
+from tests.snapshot import verified_acme
 from tests.test_metrics import until
 
 MESSAGE = b"From: app@platform.test\r\nTo: someone@example.test\r\nSubject: Reload\r\n\r\nBody.\r\n"
@@ -82,14 +82,15 @@ class Site:
     tmp: Path
     secret: str
     key: DkimKey
+    database: str
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, database_url: str) -> Iterator[Site]:
     """`acme` verified with its key, and its client `billing`."""
-    store, key, secret = verified_acme(tmp_path)
+    store, key, secret = verified_acme(make_settings(tmp_path, database=database_url))
     store.close()
-    yield Site(tmp_path, secret, key)
+    yield Site(tmp_path, secret, key, database_url)
 
 
 def env_file(path: Path, **values: str) -> Path:
@@ -102,14 +103,14 @@ async def test_apply_reads_the_file_and_changes_what_comes_next(
     caplog.set_level(logging.INFO, logger="relay.reload")
     for name in [n for n in os.environ if n.startswith("RELAY_")]:
         monkeypatch.delenv(name)
-    base = {"database": f"sqlite:///{site.tmp / 'relay.db'}", "keys_dir": str(site.tmp / "keys"),
+    base = {"database": site.database, "keys_dir": str(site.tmp / "keys"),
             "hostname": "relay.test", "return_path_target": "bounces.relay.test", "listen": "127.0.0.1:0",
             "upstream": f"outbox:{site.tmp / 'outbox'}", "upstream_timeout": "5s", "session_timeout": "15s",
             "reload_interval": "50ms"}
     path = env_file(site.tmp / "relay.env", **base)
     monkeypatch.setenv("RELAY_ENV_FILE", str(path))
-    settings = make_settings(site.tmp)
-    store = SqliteStore(settings.database_path)
+    settings = make_settings(site.tmp, database=site.database)
+    store = open_store(settings)
     try:
         async with relay_running(settings, store) as relay:
             env_file(path, **(base | {"upstream": f"outbox:{site.tmp / 'elsewhere'}", "max_message_size": "4096",
@@ -154,7 +155,8 @@ def test_sighup_keeps_an_open_session_and_takes_on_settings_and_a_replaced_key(s
     aside = key_file.with_name("aside")
     key_file.rename(aside)  # the key is missing at start: acme's mail is deferred (451 4.3.5)
     path = env_file(site.tmp / "relay.env", listen="127.0.0.1:0", workers=str(workers), max_recipients="100")
-    env = process_env(site.tmp, RELAY_ENV_FILE=str(path), RELAY_RELOAD_INTERVAL="1h")  # only SIGHUP looks
+    env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_ENV_FILE=str(path),
+                      RELAY_RELOAD_INTERVAL="1h")  # only SIGHUP looks
     del env["RELAY_LISTEN"]  # in the file, where a change can be seen (the environment would win)
     with RelayProcess(env) as relay:
         smtp = smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test", timeout=30)

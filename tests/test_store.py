@@ -37,8 +37,7 @@ from relay.core.store import (
     utcnow,
 )
 from relay.core.store import sqlite as store_module
-from tests.postgres import dump_database
-from tests.snapshot import dump_store
+from tests.snapshot import SQLITE, dump_store, dump_url, open_url
 
 
 @pytest.fixture
@@ -55,14 +54,10 @@ class Backend:
     dump: Callable[[], dict[str, list[tuple[Any, ...]]]]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, db_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", lambda: SqliteStore(db_path), lambda: dump_store(db_path))
-    from relay.core.store.postgres import PostgresStore
-
-    url: str = request.getfixturevalue("pg_url")  # a fresh database in the session's cluster
-    return Backend("postgres", lambda: PostgresStore(url), lambda: dump_database(url))
+@pytest.fixture
+def backend(store_backend: str, database_url: str) -> Backend:
+    """conftest's `store_backend`: TMP/relay.db (`db_path`), or a fresh database in the session's cluster."""
+    return Backend(store_backend, lambda: open_url(database_url), lambda: dump_url(database_url))
 
 
 @pytest.fixture
@@ -95,7 +90,7 @@ def key(selector: str, state: KeyState = KeyState.ACTIVE) -> DkimKey:
 
 def test_new_store_has_current_schema_version(store: Store, backend: Backend, db_path: Path) -> None:
     assert SCHEMA_VERSION == len(store_module.MIGRATIONS) >= 1
-    if backend.name == "sqlite":
+    if backend.name == SQLITE:
         assert user_version(db_path) == SCHEMA_VERSION
     else:
         assert backend.dump()["schema_version"] == [(SCHEMA_VERSION,)]
@@ -105,6 +100,7 @@ def test_new_store_has_current_schema_version(store: Store, backend: Backend, db
     assert store.generation() == 0
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's own: tests/test_store_pg.py
 def test_open_migrates_an_older_store_keeping_its_data(
     db_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -126,6 +122,7 @@ def test_open_migrates_an_older_store_keeping_its_data(
     db.close()
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's own: tests/test_store_pg.py
 def test_failing_migration_leaves_the_store_as_it_was(
     db_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -142,6 +139,7 @@ def test_failing_migration_leaves_the_store_as_it_was(
     assert user_version(db_path) == SCHEMA_VERSION
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's own: tests/test_store_pg.py
 def test_store_newer_than_the_program_is_refused(db_path: Path) -> None:
     SqliteStore(db_path).close()
     db = sqlite3.connect(db_path)
@@ -151,6 +149,7 @@ def test_store_newer_than_the_program_is_refused(db_path: Path) -> None:
         SqliteStore(db_path)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's own: tests/test_store_pg.py
 def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StoreError, match="cannot open"):
@@ -391,6 +390,7 @@ def test_read_snapshot_is_what_the_relay_serves(store: Store) -> None:
         assert [t.id for t in store.read_snapshot().tenants] == ["acme", "beta"]
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's own: tests/test_store_pg.py
 def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     """Client secret hashes, web sessions and token hashes are in it: 0600, WAL files alike."""
     from relay.core.store import SqliteStore

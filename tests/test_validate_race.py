@@ -13,9 +13,9 @@ import pytest
 from admin.tenants import set_tenant
 from relay.core.models import KeyState, Sender, TenantStatus
 from relay.core.settings import Settings, load_settings
-from relay.core.store import SqliteStore
 from relay.domains.dnscheck import DnsClient, Finding, Question
 from relay.domains.validation import CHANGED_DURING_CHECK, validate_tenant
+from tests.snapshot import open_store
 from tests.test_revalidate import next_key
 from tests.test_validate import Cli, Site, make_site
 
@@ -41,7 +41,7 @@ def other_process_sets(relay_env: Path, sender: Sender) -> Callable[[], None]:
     """`tenant set acme ...` through its own store connection, as a second process would."""
 
     def run() -> None:
-        store = SqliteStore(relay_env / "relay.db")
+        store = open_store(relay_env)
         try:
             set_tenant(store, relay_env / "keys", "acme", sender, actor="olivia")
         finally:
