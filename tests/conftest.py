@@ -25,7 +25,7 @@ from tests.snapshot import POSTGRES, SQLITE, Stores
 # store itself, the admin side (every command, service and check that reads or writes the store) and
 # the relay (serving from the store, and picking up its changes while running). Left on SQLite
 # alone: pure units that never open a store (settings, messages, DKIM, records as data...), the
-# browser, the printed and LibreOffice exports, the README walkthrough, container and packaging
+# browser (the API and the pages' security run on both), the printed and LibreOffice exports, the README walkthrough, container and packaging
 # (they test what is built, not the backend), and test_store_pg.py / test_relay_postgres.py (on
 # PostgreSQL by nature). Within a listed module, `sqlite_only` / `postgres_only` pin one test.
 BOTH_BACKENDS = frozenset({
@@ -35,7 +35,7 @@ BOTH_BACKENDS = frozenset({
     "test_cli_store", "test_cli_users", "test_acting_user", "test_cli_tenants", "test_cli_clients",
     "test_cli_tokens", "test_cli_scope", "test_cli_messages", "test_cli_audit", "test_records",
     "test_validate", "test_validate_race", "test_revalidate", "test_notify", "test_rotation",
-    "test_rotation_dns", "test_send_test", "test_send_test_relay",
+    "test_rotation_dns", "test_send_test", "test_send_test_relay", "test_web_api", "test_web_security",
     # the relay
     "test_relay_e2e", "test_relay_server", "test_relay_reliability", "test_relay_lifecycle",
     "test_relay_rotation", "test_relay_limits", "test_relay_shutdown", "test_sighup", "test_key_files",

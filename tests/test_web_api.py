@@ -18,6 +18,7 @@ import pytest
 from openpyxl import load_workbook
 
 from admin.export_texts import LANGUAGES
+from tests.snapshot import Stores
 from tests.web_server import AdminServer, Site, serving
 
 ROUTES = {
@@ -34,8 +35,9 @@ SENDER = {"name": "Shop BV", "email": "info@shop.test", "domain": "shop.test"}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    site = Site(tmp_path_factory.mktemp("web-api"))
+def site(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("web-api")
+    site = Site(root, env={"RELAY_DATABASE": backend_stores.new(root)})
     site.user("olivia", "owner")
     site.tenant("acme", "acme.test", name="Acme BV")
     site.tenant("other", "other.test", name="Other BV")
@@ -46,6 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     site.serve_dns({"acme.test": site.bind("acme")})
     yield site
     site.stop()
+    backend_stores.discard(site.env["RELAY_DATABASE"])
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from admin.web.security import CSP
+from tests.snapshot import Stores
 from tests.web_server import PASSWORD, AdminServer, Site, owner_site, serving
 
 SCRIPT_NAME = "<script>alert('x')</script> & Co"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    site = owner_site(tmp_path_factory.mktemp("web-security"), SCRIPT_NAME)
+def site(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("web-security")
+    site = owner_site(root, SCRIPT_NAME, backend_stores.new(root))
     yield site
     site.stop()
+    backend_stores.discard(site.env["RELAY_DATABASE"])
 
 
 @pytest.fixture(scope="module")

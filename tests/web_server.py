@@ -176,10 +176,10 @@ class AdminServer:
             reader.join(timeout=5)
 
 
-def owner_site(root: Path, script_name: str) -> Site:
+def owner_site(root: Path, script_name: str, database: str | None = None) -> Site:
     """A site with olivia (owner), tenants acme ("Acme BV") and xss (named `script_name`), and carl
-    (accountant)."""
-    site = Site(root)
+    (accountant); its store is `database` (a URL) if given, else ROOT/relay.db."""
+    site = Site(root, env={"RELAY_DATABASE": database} if database else {})
     site.user("olivia", "owner")
     site.tenant("acme", "acme.test", name="Acme BV")
     site.tenant("xss", "xss.test", name=script_name)
