@@ -8,16 +8,22 @@
 
 Our own asyncio client drives these (smtp-source cannot pace by rate nor time single messages); it is
 a Python process on the same 2 cores, so its own cost is in the direct figure too.
+
+Alone: `.venv/bin/python bench/extras.py big` (or `idle`; `latency` needs bench/run.py's throughput
+runs for its rate) provisions a throwaway SQLite store as bench/run.py does and prints the figures.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import resource
 import smtplib
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -278,3 +284,31 @@ def run(which: tuple[str, ...], env: dict[str, str], home: Path, records: list[d
     return lines
 
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run some extras without the throughput table (bench/run.py's provisioning and relay runner)."""
+    parser = argparse.ArgumentParser(description="Issue 11's extra figures on their own (SQLite store).")
+    parser.add_argument("extras", nargs="+", metavar="EXTRA", choices=("latency", "idle", "big"),
+                        help="latency, idle and/or big")
+    parser.add_argument("--workers", type=int, default=2, help="RELAY_WORKERS for latency and idle (default 2)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="per run, seconds (default 300)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import run as bench_run  # bench/run.py: provision, running_relay, free_port
+
+    with tempfile.TemporaryDirectory(prefix="relay-extras-") as tmp:
+        home = Path(tmp)
+        try:
+            env = bench_run.provision(home)
+        except bench_run.BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        lines = run(tuple(args.extras), env, home, [], bench_run.running_relay, bench_run.free_port,
+                    workers=args.workers, timeout=args.timeout)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import random
 import re
 import time
 from collections.abc import Callable
@@ -16,9 +18,11 @@ from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
 
 from relay.core.dkimkeys import generate_private_key, public_key_b64
 from relay.core.replies import KEY_UNAVAILABLE, ReplyError
-from relay.mail.message import normalise_data
+from relay.mail import signer as signer_module
+from relay.mail.lines import CrlfData
+from relay.mail.message import normalise_data, parse_message
 from relay.mail.rewrite import Identity, rewrite_headers
-from relay.mail.signer import DkimSigner, SigningKeyError, relaxed_body, relaxed_header
+from relay.mail.signer import DkimSigner, SigningKeyError, body_hash, relaxed_body, relaxed_header
 
 DOMAIN, SELECTOR = "acme.test", "ar20250314abcdef"
 DnsFunc = Callable[..., bytes | None]
@@ -294,3 +298,44 @@ def test_list_unsubscribe_is_sealed_when_present_and_left_open_when_absent(
     assert b"list-unsubscribe:list-unsubscribe" in with_header.replace(b"\r\n ", b"")
     assert dkim.verify(with_header, dnsfunc=dns)
     assert not dkim.verify(_above_everything(with_header, added), dnsfunc=dns)
+
+
+# ------------------------------------------------------------------ signing the parsed message, body in place
+
+
+@pytest.mark.parametrize("body", RELAXED_BODIES, ids=repr)
+@pytest.mark.parametrize("span", [1, 3, 64, 256 * 1024])
+def test_body_hash_span_by_span_is_the_hash_of_the_relaxed_body(monkeypatch: pytest.MonkeyPatch, body: bytes,
+                                                              span: int) -> None:
+    monkeypatch.setattr(signer_module, "_SPAN", span)
+    data = b"Subject: x\r\n\r\n" + body
+    assert body_hash(data, 14) == hashlib.sha256(relaxed_body(body)).digest()
+
+
+def test_body_hash_on_random_bodies_cut_into_small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WSP runs, trailing WSP and runs of empty lines across span boundaries, on CRLF bodies."""
+    rng = random.Random(6376)
+    texts = [b"", b"", b" ", b"\t", b"a", b"word  word", b"tail \t ", b"  lead", b"x" * 40]
+    for _ in range(400):
+        body = b"".join(rng.choice(texts) + b"\r\n" for _ in range(rng.randrange(0, 25)))
+        body += rng.choice([b"", b"no final crlf", b"  ", b"\r\n" * rng.randrange(1, 30)])
+        monkeypatch.setattr(signer_module, "_SPAN", rng.choice([1, 2, 7, 33, 1000]))
+        assert body_hash(body) == hashlib.sha256(relaxed_body(body)).digest(), body
+
+
+def test_many_empty_lines_at_the_end_are_dropped() -> None:
+    body = b"text\r\n" + b"\r\n" * 300_000
+    assert relaxed_body(body) == b"text\r\n"
+    assert body_hash(body) == hashlib.sha256(b"text\r\n").digest()
+    assert body_hash(b"\r\n" * 300_000) == hashlib.sha256(b"").digest()
+
+
+@pytest.mark.parametrize("data", SHAPES.values(), ids=SHAPES.keys())
+def test_signing_the_parsed_message_gives_the_bytes_signing_gives(signer: DkimSigner, dns: DnsFunc,
+                                                                 data: bytes) -> None:
+    prepared = prepare(data)
+    message = parse_message(CrlfData(prepared))
+    signed = signer.sign_message(message, now=1741944413)
+    assert signed.tobytes() == signer.sign(prepared, now=1741944413)
+    assert signed.body.obj is message.data, "the body is signed where it lies"
+    assert dkim.verify(signed.tobytes(), dnsfunc=dns)

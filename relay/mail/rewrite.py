@@ -7,14 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
+from relay.mail.lines import CRLF, MAX_LINE, CrlfData, crlf_only
 from relay.mail.mailbox import first_address, is_address, is_host_name, mailbox_field
-from relay.mail.message import (
-    CRLF,
-    MAX_LINE,
-    field_name,
-    field_value,
-    split_header_body,
-)
+from relay.mail.message import Field, Message, parse_header
 
 # Fields a client must not set: they name another sender (RFC 5322 3.6.2 Sender, 3.6.6 Resent-*), are
 # the final MTA's to add (Return-Path, RFC 5321 4.4), would disclose blind copies (Bcc), claim
@@ -61,6 +56,51 @@ class Identity:
             raise ValueError(f"reply-to address {self.reply_to!r} is not a valid ASCII address")
 
 
+def rewrite_message(
+    message: Message,
+    *,
+    identity: Identity,
+    tenant_header: str,
+    received: bytes,
+    message_id_domain: str,
+    now: datetime,
+) -> Message:
+    """The message with the sender enforced: new header fields, the same body (not copied).
+
+    Output header: `received`, the client's fields minus the removed ones (and minus duplicates of
+    Date/Message-ID/Reply-To), then ours: From, Reply-To (when due), Date and Message-ID (when missing).
+    Malformed header lines were refused with 550 5.6.0 when `message` was parsed
+    (relay.mail.message.parse_header; RFC 5322 2.1.1: we refuse rather than guess).
+    """
+    _check_arguments(received, message_id_domain)
+    tenant = tenant_header.strip().lower().encode("ascii")
+    kept: list[Field] = []
+    seen: set[bytes] = set()
+    original_from: bytes | None = None
+    for field in message.fields:
+        name = field.name
+        if name == b"from" and original_from is None:
+            original_from = field.value
+        if name in _REMOVED or name.startswith(_REMOVED_PREFIXES) or (tenant and name == tenant):
+            continue
+        if name in _SINGLE:
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(field)
+    ours = [Field(b"from", mailbox_field("From", identity.display_name, identity.address))]
+    if b"reply-to" not in seen:
+        reply_to = _reply_to(identity, original_from)
+        if reply_to is not None:
+            ours.append(Field(b"reply-to", f"Reply-To: <{reply_to}>\r\n".encode("ascii")))
+    if b"date" not in seen:
+        ours.append(Field(b"date", f"Date: {_rfc5322_date(now)}\r\n".encode("ascii")))
+    if b"message-id" not in seen:
+        message_id = f"Message-ID: <{secrets.token_hex(16)}@{message_id_domain}>\r\n"
+        ours.append(Field(b"message-id", message_id.encode("ascii")))
+    return message.with_fields([Field(b"received", received), *kept, *ours])
+
+
 def rewrite_headers(
     message: bytes,
     *,
@@ -70,42 +110,17 @@ def rewrite_headers(
     message_id_domain: str,
     now: datetime,
 ) -> bytes:
-    """The message with the sender enforced; `message` is CRLF-normalised, the body passes untouched.
+    """`rewrite_message` on bytes: `message` CRLF-normalised (relay.mail.lines.normalise), the result joined.
 
-    Output header: `received`, the client's fields minus the removed ones (and minus duplicates of
-    Date/Message-ID/Reply-To), then ours: From, Reply-To (when due), Date and Message-ID (when missing).
     Raises ReplyError(BAD_HEADER) for a line that is neither a field nor a continuation, a leading
-    continuation, or a header line over 998 octets (RFC 5322 2.1.1: we refuse rather than guess).
+    continuation, or a header line over 998 octets.
     """
-    _check_received(received)
-    if not is_host_name(message_id_domain):
-        raise ValueError(f"message-id domain {message_id_domain!r} is not a host name")
-    fields, body = split_header_body(message)
-    tenant = tenant_header.strip().lower().encode("ascii")
-    kept: list[bytes] = []
-    seen: set[bytes] = set()
-    original_from: bytes | None = None
-    for field in fields:
-        name = field_name(field)
-        if name == b"from" and original_from is None:
-            original_from = field_value(field)
-        if name in _REMOVED or name.startswith(_REMOVED_PREFIXES) or (tenant and name == tenant):
-            continue
-        if name in _SINGLE:
-            if name in seen:
-                continue
-            seen.add(name)
-        kept.append(field)
-    ours = [mailbox_field("From", identity.display_name, identity.address)]
-    if b"reply-to" not in seen:
-        reply_to = _reply_to(identity, original_from)
-        if reply_to is not None:
-            ours.append(f"Reply-To: <{reply_to}>\r\n".encode("ascii"))
-    if b"date" not in seen:
-        ours.append(f"Date: {_rfc5322_date(now)}\r\n".encode("ascii"))
-    if b"message-id" not in seen:
-        ours.append(f"Message-ID: <{secrets.token_hex(16)}@{message_id_domain}>\r\n".encode("ascii"))
-    return received + b"".join(kept) + b"".join(ours) + CRLF + body
+    _check_arguments(received, message_id_domain)  # before the header, as always
+    fields, body_start = parse_header(message)
+    # The body is only carried over here (joined below), never hashed: no claim on its line endings.
+    parsed = Message(fields, CrlfData(message), body_start)
+    return rewrite_message(parsed, identity=identity, tenant_header=tenant_header, received=received,
+                           message_id_domain=message_id_domain, now=now).tobytes()
 
 
 def _reply_to(identity: Identity, original_from: bytes | None) -> str | None:
@@ -126,14 +141,19 @@ def _rfc5322_date(now: datetime) -> str:
     return format_datetime(now)
 
 
+def _check_arguments(received: bytes, message_id_domain: str) -> None:
+    _check_received(received)
+    if not is_host_name(message_id_domain):
+        raise ValueError(f"message-id domain {message_id_domain!r} is not a host name")
+
+
 def _check_received(received: bytes) -> None:
     """The server's Received field must be one well-formed field, or it could smuggle others in."""
     lines = received.split(CRLF)
     ok = (
         received.lower().startswith(b"received:")
         and received.endswith(CRLF)
-        and b"\r" not in received.replace(CRLF, b"")
-        and b"\n" not in received.replace(CRLF, b"")
+        and crlf_only(received)
         and b"\x00" not in received
         and all(line[:1] in (b" ", b"\t") for line in lines[1:-1])
         and all(len(line) <= MAX_LINE for line in lines)

@@ -1,34 +1,44 @@
 """DATA as it arrives on the wire: end-of-data, dot-unstuffing, bare-LF lines, smuggling, size and line limits.
 
 aiosmtpd splits DATA on CRLF only, so a legacy client sending bare-LF lines gets `500 Line too long`
-once the message passes ~1,000 bytes. Like Postfix, we accept such mail and normalise it. The end of
-data stays strictly CRLF "." CRLF (RFC 5321 4.1.1.4); every other dot alone between line breaks of any
-kind (`\\n.\\n`, `\\r\\n.\\r`, `\\n.\\r\\n`, ...) is an end-of-data look-alike that other servers may
-honour: the message is read to its real end and refused with 550 5.5.2 (SMTP smuggling), never forwarded.
+once the message passes ~1,000 bytes. Like Postfix, we accept such mail and normalise it. What is a
+line ending, a look-alike or too long is the rule of relay.mail.lines; here it is applied to the bytes
+as the client sent them: the end of data stays strictly CRLF "." CRLF (RFC 5321 4.1.1.4), and a
+look-alike (`\\n.\\n`, `\\r\\n.\\r`, ...) is read to the real end and refused with 550 5.5.2, never forwarded.
 
 `read_data` reads in blocks up to the real end, never past it (what follows is the client's next
-command, RFC 2920), and `message_from` judges the bytes at once: CRLF-only data within the size limit
-is unstuffed with bytes operations; anything else goes line by line through `DataReader`, whose rules
-are the reference (a line is what ends at an LF; lines longer than the stream reader's limit count
-as read in pieces, never checked for smuggling).
+command, RFC 2920), into one buffer, and `message_from` judges the bytes at once: CRLF-only data
+within the size limit is unstuffed with bytes operations (in spans, so a large message is not copied
+line by line); anything else goes line by line through `DataReader`, whose rules are the reference
+(a line is what ends at an LF; lines longer than the stream reader's limit count as read in pieces,
+never checked for smuggling).
 
-The output keeps the client's bare CRs inside lines (for `relay.mail.message.normalise_data` to judge) and
+The output keeps the client's bare CRs inside lines (for `relay.mail.lines.normalise` to judge) and
 ends every line read up to an LF with CRLF.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import io
 
 from relay.core.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
-from relay.mail.message import CRLF, MAX_LINE
+from relay.mail.lines import (
+    CRLF,
+    END,
+    MAX_LINE,
+    smuggled_dot,
+    spans,
+    text_of,
+    unstuff_crlf,
+)
 
-_BREAKS = re.compile(rb"\r\n|\r|\n")
-END = b"\r\n.\r\n"
+__all__ = ["END", "STREAM_LIMIT", "DataReader", "message_from", "read_data"]
+
 # aiosmtpd's SMTP.line_length_limit, the limit of its StreamReader: a line longer than this plus its
 # LF could only be read in pieces (LimitOverrunError), and counts as such (see DataReader.feed_overlong).
 STREAM_LIMIT = 1001
+_SPAN = 1024 * 1024  # CRLF-only data is checked in spans of about this size
 
 
 class DataReader:
@@ -45,7 +55,8 @@ class DataReader:
 
     def feed(self, line: bytes) -> bool:
         """Take one raw line ending in LF; True when it was the end of data."""
-        if not self._partial and self._after_crlf and line == b".\r\n":
+        after_crlf = self._after_crlf
+        if not self._partial and after_crlf and line == b".\r\n":
             return True
         continuation = self._partial
         self._partial = False
@@ -53,12 +64,12 @@ class DataReader:
         self._count(len(line))
         if self._error is not None:
             return False
-        if not continuation and self._smuggled_dot(line):
+        # A lone dot here is a look-alike: the real end was taken above, and any other must have been
+        # stuffed to ".." (relay.mail.lines, rule 3, on the bytes as sent, after the previous line's break).
+        if not continuation and smuggled_dot(line, after_bare_break=not after_crlf):
             self._fail(SMUGGLING)
             return False
-        text = line[:-2] if self._after_crlf else line[:-1]
-        if not continuation and text.startswith(b"."):
-            text = text[1:]  # RFC 5321 4.5.2 transparency
+        text = text_of(line, ending=2 if self._after_crlf else 1, at_line_start=not continuation)
         if len(text) > MAX_LINE:
             self._fail(LINE_TOO_LONG)
             return False
@@ -92,13 +103,6 @@ class DataReader:
         self._error = reply
         self._lines.clear()  # nothing of a refused message is kept in memory
 
-    @staticmethod
-    def _smuggled_dot(line: bytes) -> bool:
-        # Split at every kind of line break; a lone "." between any two of them (or at the start
-        # of this line, after the previous line's break) is a look-alike. The real end was handled
-        # in feed(); any other "." line must have been dot-stuffed to "..".
-        return b"." in _BREAKS.split(line)
-
 
 async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> bytes:
     """Read DATA through its final CRLF.CRLF and return the unstuffed message, or raise `ReplyError`
@@ -113,7 +117,9 @@ async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> bytes:
     # care. After a CR, readuntil(LF "." CRLF) (what every end ends with) finds it too; after CRLF,
     # CRLF "." or CRLF "." CR, one byte at a time (a line rarely starts with a dot: back to blocks).
     # A LimitOverrunError of readuntil(END) leaves 4 bytes unread: no end can straddle its pieces.
-    kept: list[bytes] = []
+    # The pieces go straight into one growing buffer: CPython's BytesIO grows its bytes in place and
+    # getvalue() hands that very object over, so the message is never held twice while read.
+    kept = io.BytesIO()
     size = 0  # bytes read after the 354
     tail = CRLF  # the last bytes read, the DATA command's CRLF first
     pending = 2
@@ -126,15 +132,15 @@ async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> bytes:
             except asyncio.LimitOverrunError as exc:
                 piece = await stream.read(exc.consumed)
         if size <= max_size:
-            kept.append(piece)
+            kept.write(piece)
         size += len(piece)
         tail = (tail + piece)[-len(END):] if len(piece) < len(END) else piece[-len(END):]
         if tail == END:
             break
         if pending:  # once reading in blocks up to END, nothing is pending again (see above)
             pending = _pending(tail)
-    data = b"".join(kept)[: size - 3]  # without the final "." CRLF; cut already when over the limit
-    return message_from(data, size=size - 3, max_size=max_size)
+    kept.truncate(size - 3)  # without the final "." CRLF; cut already when over the limit
+    return message_from(kept.getvalue(), size=size - 3, max_size=max_size)
 
 
 def _pending(tail: bytes) -> int:
@@ -152,30 +158,32 @@ def message_from(data: bytes, *, size: int, max_size: int) -> bytes:
     """
     if size > max_size:
         return _line_by_line(data, size=size, max_size=max_size)
-    lines = data.split(CRLF)
-    rest = b"".join(lines)
-    if b"\r" in rest or b"\n" in rest:  # a bare CR or LF somewhere
-        return _line_by_line(data, size=size, max_size=max_size)
-    # CRLF only: no line can be a look-alike (a lone "." line would have been the end), and every
-    # line's first dot is the transparency dot of RFC 5321 4.5.2, so DataReader would do just this.
-    if max(map(len, lines)) > MAX_LINE and any(len(line) - line.startswith(b".") > MAX_LINE for line in lines):
-        raise ReplyError(LINE_TOO_LONG)
-    message = data.replace(b"\r\n.", CRLF)
-    return message[1:] if message.startswith(b".") else message
+    # Span by span (each cut after an LF, relay.mail.lines.spans), so the lines of a large message
+    # are never all held at once; a message under a span is checked in one piece, as before.
+    for low, high in spans(data, size=_SPAN):
+        lines = (data if high - low == len(data) else data[low:high]).split(CRLF)
+        rest = b"".join(lines)
+        if b"\r" in rest or b"\n" in rest:  # a bare CR or LF somewhere
+            return _line_by_line(data, size=size, max_size=max_size)
+        # CRLF only: no line can be a look-alike (a lone "." line would have been the end), and every
+        # line's first dot is the transparency dot of RFC 5321 4.5.2, so DataReader would do just this.
+        if max(map(len, lines)) > MAX_LINE and any(len(line) - line.startswith(b".") > MAX_LINE for line in lines):
+            raise ReplyError(LINE_TOO_LONG)
+    return unstuff_crlf(data)
 
 
 def _line_by_line(data: bytes, *, size: int, max_size: int) -> bytes:
     reader = DataReader(max_size=max_size)
-    lines = data.split(b"\n")
     fed = 0
-    for line in lines[:-1]:  # the last is empty, or the part of a line past the size limit
-        line += b"\n"
+    # Each line up to its LF; what follows the last LF is empty, or part of a line past the size limit.
+    while (lf := data.find(b"\n", fed)) >= 0:
+        line = data[fed : lf + 1]
         if len(line) > STREAM_LIMIT + 1:
             reader.feed_overlong(line[:-1])
             ended = reader.feed(b"\n")
         else:
             ended = reader.feed(line)
         assert not ended, "the end of data was found where read_data found none"
-        fed += len(line)
+        fed = lf + 1
     reader.skip(size - fed)
     return reader.content()

@@ -36,7 +36,7 @@ from relay.core.replies import (
     ReplyError,
 )
 from relay.mail.mailbox import is_address
-from relay.mail.message import field_name, field_value, split_header_body
+from relay.mail.message import Message, parse_header
 from relay.mail.rewrite import Identity
 from relay.policy.auththrottle import MAX_FAILURES, WINDOW, AuthThrottle, Verdict
 
@@ -148,15 +148,14 @@ def check_mail_from(address: str) -> None:
         raise ReplyError(BAD_SENDER)
 
 
-def tenant_header_values(message: bytes, header: str) -> list[str]:
-    """Values of the tenant header, read from raw header lines (folded values unfolded, trimmed)."""
-    fields, _ = split_header_body(message)
+def tenant_header_values(message: Message | bytes, header: str) -> list[str]:
+    """Values of the tenant header, read from raw header lines (folded values unfolded, trimmed).
+
+    `message` is the parsed message (the pipeline's, parsed once) or raw bytes, whose header is parsed here.
+    """
+    fields = message.fields if isinstance(message, Message) else parse_header(message)[0]
     wanted = header.lower().encode("ascii")
-    return [
-        field_value(field).decode("ascii", errors="replace").strip()
-        for field in fields
-        if field_name(field) == wanted
-    ]
+    return [field.value.decode("ascii", errors="replace").strip() for field in fields if field.name == wanted]
 
 
 def decide_tenant(client: Client, header_values: list[str], tenants: Mapping[str, Tenant]) -> Tenant:
