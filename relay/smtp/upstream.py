@@ -33,7 +33,7 @@ import logging
 import re
 import secrets
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +54,7 @@ from relay.core.replies import (
 )
 from relay.core.settings import Settings
 from relay.core.settings import Upstream as UpstreamSetting
-from relay.mail.message import CRLF
+from relay.mail.message import CRLF, Message
 from relay.policy.senders import client_ip, is_loopback
 
 log = logging.getLogger("relay.upstream")
@@ -159,6 +159,14 @@ class SmtpUpstream:
         self._closed = False
 
     async def deliver(self, envelope: Envelope, message: bytes) -> Reply:
+        return await self._deliver(envelope, _BytesPayload(message))
+
+    async def deliver_message(self, envelope: Envelope, message: Message) -> Reply:
+        """`deliver`, for a message the pipeline holds as fields over the DATA buffer: it goes out in
+        chunks, the wire drained between them, so a large message is never copied whole (relay.smtp.pipeline)."""
+        return await self._deliver(envelope, message)
+
+    async def _deliver(self, envelope: Envelope, message: Payload) -> Reply:
         sent = _Progress()
         try:
             async with asyncio.timeout(self._timeout):
@@ -180,7 +188,7 @@ class SmtpUpstream:
             if sent.connection is not None:  # anything but a 250: this connection is never used again
                 _abort(sent.connection.client)
 
-    async def _send(self, envelope: Envelope, message: bytes, sent: _Progress) -> Reply:
+    async def _send(self, envelope: Envelope, message: Payload, sent: _Progress) -> Reply:
         """The transaction on a pooled connection that answers RSET, else (or if it dies before MAIL) on a new one."""
         pooled = await self._pooled(sent)
         if pooled is not None:
@@ -259,7 +267,7 @@ class SmtpUpstream:
             await asyncio.gather(*self._quitting, return_exceptions=True)
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes, sent: _Progress, *, reused: bool
+        self, client: aiosmtplib.SMTP, envelope: Envelope, message: Payload, sent: _Progress, *, reused: bool
     ) -> Reply:
         _check_8bit(client, message)  # on this connection's own EHLO
         await self._mail(client, envelope, message, reused=reused)
@@ -278,8 +286,9 @@ class SmtpUpstream:
         protocol = client.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the data")
-        for piece in _dot_stuffed_pieces(message):  # no joined copy of a large message
-            protocol.write(piece)
+        for piece in message.stuffed_chunks():  # no joined copy of a large message
+            protocol.write(piece)  # type: ignore[arg-type]  # asyncio's transports take any bytes-like object
+            await _wire_drained(protocol)  # asyncio copies what the socket did not take: keep that small
         sent.dot = True  # from here on, upstream may have the whole message (RFC 1047)
         if sent.connection is not None:
             sent.connection.messages += 1
@@ -289,7 +298,7 @@ class SmtpUpstream:
         said = _ENHANCED.sub("", response.message).strip()
         return Reply(250, "2.0.0", f"OK: accepted by upstream: {_clean_text(said)}")
 
-    async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes, *, reused: bool) -> None:
+    async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope, message: Payload, *, reused: bool) -> None:
         command = (b"MAIL", b"FROM:<" + envelope.sender.encode() + b">", *self._mail_options(client, message))
         if not reused:
             await self._command(client, "sender", *command)
@@ -333,10 +342,10 @@ class SmtpUpstream:
             log.warning("upstream %s: RSET failed (%s); dropping the connection", self._target, type(exc).__name__)
 
     @staticmethod
-    def _mail_options(client: aiosmtplib.SMTP, message: bytes) -> list[bytes]:
+    def _mail_options(client: aiosmtplib.SMTP, message: Payload) -> list[bytes]:
         options = []
         if client.supports_extension("size"):
-            options.append(b"SIZE=%d" % len(message))
+            options.append(b"SIZE=%d" % message.size)  # RFC 1870
         if client.supports_extension("8bitmime") and not message.isascii():
             options.append(b"BODY=8BITMIME")  # RFC 6152
         return options
@@ -348,7 +357,7 @@ class SmtpUpstream:
             raise UpstreamReplyError(upstream_reply(response.code, response.message, what))
 
 
-def _check_8bit(client: aiosmtplib.SMTP, message: bytes) -> None:
+def _check_8bit(client: aiosmtplib.SMTP, message: Payload) -> None:
     """8-bit content goes only to a server that offers 8BITMIME (RFC 6152 3); refuse it otherwise.
 
     Converting to 7 bit (quoted-printable) would have to happen before signing, since DKIM hashes
@@ -392,6 +401,41 @@ def _dot_stuffed_pieces(message: bytes) -> tuple[bytes, ...]:
         message += CRLF
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     return (b".", stuffed, b".\r\n") if stuffed.startswith(b".") else (stuffed, b".\r\n")
+
+
+class Payload(Protocol):
+    """What a transaction sends: its size and 7-bitness for MAIL FROM (RFC 1870, RFC 6152), and the bytes
+    that follow DATA's 354, dot-stuffed and ending in the final dot (RFC 5321 4.5.2, 4.1.1.4).
+    relay.mail.message.Message is one; `_BytesPayload` makes one of plain bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    def isascii(self) -> bool: ...
+
+    def stuffed_chunks(self) -> Iterable[bytes | memoryview]: ...
+
+
+@dataclass(frozen=True)
+class _BytesPayload:
+    message: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.message)
+
+    def isascii(self) -> bool:
+        return self.message.isascii()
+
+    def stuffed_chunks(self) -> tuple[bytes, ...]:
+        return _dot_stuffed_pieces(self.message)
+
+
+async def _wire_drained(protocol: Any) -> None:
+    """Wait until the connection's write buffer is below its high-water mark again (asyncio's flow
+    control, as StreamWriter.drain does; aiosmtplib's protocol keeps it in `_drain_helper`, checked by
+    tests/test_upstream_pool.py against the pinned aiosmtplib)."""
+    await protocol._drain_helper()
 
 
 def _dot_stuffed(message: bytes) -> bytes:
