@@ -170,6 +170,9 @@ def test_postgres_stopped_mid_run_gives_4xx_never_a_lost_message_and_recovers(
         started = time.monotonic()
         assert 400 <= auth_code(port, "newcomer", "whatever") < 500
         print(f"again, the outage known: {time.monotonic() - started:.3f} s")
+        # A known client with a wrong secret gets the same 454, not 535: no name is told apart meanwhile.
+        assert auth_code(port, "billing", "wrong secret") == unknown == 454
+        assert auth_code(port, "billing", secret) == 235, "the known client, right secret, from memory"
 
         own_cluster.start()
         admin = PostgresStore(url)

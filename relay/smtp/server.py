@@ -304,11 +304,20 @@ class Hooks:
         try:
             self._auth.admit(ip)  # an address held back after failed AUTHs: nothing looked up or hashed
             name, secret = login.decode("utf-8"), password.decode("utf-8")
+            store_silent = False
             if name not in self._directory.current.clients:
                 # Perhaps added a moment ago: look now rather than at the next poll, so a service whose
                 # credentials were just issued logs in at once (a cheap look; a rebuild only on a change).
-                await self._look_for_new_client()
+                try:
+                    await self._look_for_new_client()
+                except ReplyError:
+                    store_silent = True
             client = await self._auth.authenticate(self._directory.current.clients, name, secret, ip=ip)
+            if client is None and (store_silent or self._directory.failing):
+                # While the store cannot be asked, an unknown name can only get 454; so does a known name
+                # with a wrong secret (after the same scrypt), or the two replies would tell which
+                # client names exist. RFC 4954 6: 454 4.7.0, temporary authentication failure.
+                raise ReplyError(AUTH_STORE_DOWN)
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False)
         except ReplyError as exc:  # 454 4.7.0, or 421 4.7.0 for a client that keeps going (relay.policy.auththrottle)
