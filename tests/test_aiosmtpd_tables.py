@@ -10,10 +10,13 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
-from relay.smtp.aiosmtpd_adapter import AdaptedSMTP
+from relay.smtp.aiosmtpd_adapter import AdaptedSMTP, HandlerNames
 
 
 class Handler:
+    def helper(self) -> None:  # not a hook: left out of the tables
+        return None
+
     async def handle_RCPT(self, *args: Any) -> str:
         return "250 OK"
 
@@ -29,6 +32,10 @@ class Commands:
 
     async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
         return AuthResult(success=False)
+
+
+class NamedHandler(HandlerNames, Handler):
+    pass
 
 
 class Stock(Commands, SMTP):
@@ -53,6 +60,10 @@ async def test_the_tables_are_those_a_stock_aiosmtpd_builds() -> None:
     assert "XCLIENT" in commands and "EHLO" in commands
     assert {"CRAM-MD5", "XTOKEN", "LOGIN", "PLAIN"} <= set(auth)
     assert adapted._handle_hooks.keys() == stock._handle_hooks.keys() == {"RCPT"}
+    with_names = Adapted(NamedHandler())
+    assert tables(with_names) == tables(stock), "a handler listing its hook names once per class"
+    assert with_names._handle_hooks.keys() == {"RCPT"}
+    assert set(vars(NamedHandler)["_hook_names"]) == {"handle_RCPT", "auth_XTOKEN"}
     # Listed once for the class (not once per connection), and the next connection builds from it.
     assert {"smtp_XCLIENT", "auth_CRAM__MD5", "smtp_EHLO"} <= set(vars(Adapted)["_command_names"])
     second = Adapted(Handler())

@@ -12,8 +12,10 @@ only after that test runs green on it.
 One speed-up rides on aiosmtpd's construction: `SMTP.__init__` lists the instance's `smtp_*` and
 `auth_*` names with `dir(self)` and `inspect.getmembers(self)` for every connection, about a sixth of a
 worker's CPU per 1 KB message under load (py-spy, bench/README.md). While it builds those tables, the
-instance's `dir()` answers from a list made once per class; everywhere else `dir()` is untouched. The
-test checks that the tables come out exactly as a stock aiosmtpd builds them.
+instance's `dir()` answers from a list made once per class; everywhere else `dir()` is untouched. It
+lists the handler's `handle_*` and `auth_*` names the same way each time: `HandlerNames` makes that
+list once per handler class. tests/test_aiosmtpd_tables.py checks that the tables come out exactly as
+a stock aiosmtpd builds them.
 """
 
 from __future__ import annotations
@@ -105,3 +107,16 @@ class AdaptedSMTP(SMTP):
     async def call_hook(self, command: str, *args: Any) -> Any:
         """The handler's `handle_<command>(server, session, envelope, *args)`, or aiosmtpd's MISSING."""
         return await self._call_handler_hook(command, *args)
+
+
+class HandlerNames:
+    """For an aiosmtpd handler: `dir()` lists only the `handle_*` and `auth_*` names aiosmtpd looks for,
+    made once per class (aiosmtpd lists the handler for every connection; nothing else asks)."""
+
+    def __dir__(self) -> Iterable[str]:
+        cls = type(self)
+        names: tuple[str, ...] | None = cls.__dict__.get("_hook_names")
+        if names is None:
+            names = tuple(name for name in dir(cls) if name.startswith(("handle_", "auth_")))
+            type.__setattr__(cls, "_hook_names", names)
+        return names

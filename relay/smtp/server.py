@@ -58,7 +58,7 @@ from relay.policy.senders import (
     is_loopback,
     session_client,
 )
-from relay.smtp.aiosmtpd_adapter import AdaptedSMTP
+from relay.smtp.aiosmtpd_adapter import AdaptedSMTP, HandlerNames
 from relay.smtp.limits import ConnectionCounter, Drain
 from relay.smtp.pipeline import Pipeline
 
@@ -238,7 +238,7 @@ def _signature_once(function: _F) -> _F:
     return function
 
 
-class Hooks:
+class Hooks(HandlerNames):
     """The aiosmtpd handler: each hook gathers state and calls a pure decision or the pipeline."""
 
     def __init__(self, *, settings: Settings, directory: Directory, pipeline: Pipeline, rdns: ReverseDns) -> None:
