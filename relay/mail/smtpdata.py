@@ -161,9 +161,10 @@ def message_from(data: bytes, *, size: int, max_size: int) -> bytes:
     # Span by span (each cut after an LF, relay.mail.lines.spans), so the lines of a large message
     # are never all held at once; a message under a span is checked in one piece, as before.
     for low, high in spans(data, size=_SPAN):
-        lines = (data if high - low == len(data) else data[low:high]).split(CRLF)
-        rest = b"".join(lines)
-        if b"\r" in rest or b"\n" in rest:  # a bare CR or LF somewhere
+        span = data if high - low == len(data) else data[low:high]
+        lines = span.split(CRLF)
+        breaks = len(lines) - 1  # CRLFs; any other CR or LF is a bare one (counted, not joined: no copy)
+        if span.count(b"\r") != breaks or span.count(b"\n") != breaks:
             return _line_by_line(data, size=size, max_size=max_size)
         # CRLF only: no line can be a look-alike (a lone "." line would have been the end), and every
         # line's first dot is the transparency dot of RFC 5321 4.5.2, so DataReader would do just this.

@@ -106,6 +106,10 @@ def _line_fields(tx: Transaction, facts: _Facts, outcome: str, reply: str, timin
                   ms=timings, **more)
 
 
+# Messages up to this size are signed on the event loop (see Pipeline._sign).
+INLINE_SIGN_BYTES = 64 * 1024
+
+
 class Pipeline:
     def __init__(self, *, settings: Settings, directory: Directory, upstream: Upstream,
                  metrics: Metrics | None = None) -> None:
@@ -220,10 +224,14 @@ class Pipeline:
 
     async def _sign(self, tx: Transaction, signer_tenant: str, signer: DkimSigner, message: Message,
                     facts: _Facts) -> Message:
-        # Off the event loop: hashing a large message would stall every other session.
+        # A large message is hashed off the event loop, or it would stall every other session; a small
+        # one is signed in place: one RSA signature (~0.5 ms) costs less than the hand-off to a thread.
         try:
-            signed, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._signing, _timed, signer.sign_message, message)
+            if message.size <= INLINE_SIGN_BYTES:
+                signed, seconds = _timed(signer.sign_message, message)
+            else:
+                signed, seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._signing, _timed, signer.sign_message, message)
         except SigningKeyError as exc:
             self.metrics.signing_failures.labels(signer_tenant).inc()
             log.error("tx=%s dkim signing failed: tenant=%s selector=%s: %s",
