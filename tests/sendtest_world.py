@@ -20,6 +20,7 @@ from tests.factories import make_tenant
 from tests.nsd import Nsd, zone_text
 from tests.peers import require_binary
 from tests.relay_harness import dkim_zone, make_settings
+from tests.snapshot import Stores, database_from, on_backend, restore_template
 
 Cli = Callable[..., CliResult]
 OWNER, ACCOUNTANT = "alice", "carol"
@@ -58,8 +59,8 @@ def zones(good: list[tuple[Tenant, DkimKey]], broken: list[tuple[Tenant, DkimKey
     return served
 
 
-def build_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[World]:
-    """The module's World; NSD stopped when the module is done."""
+def build_world(tmp_path_factory: pytest.TempPathFactory, name: str, stores: Stores) -> Iterator[World]:
+    """The module's World, its template on `stores`' backend; NSD stopped when the module is done."""
     require_binary("nsd", "nsd")  # fails under `make test`, skips under a bare pytest
     template = tmp_path_factory.mktemp(name)
     settings = make_settings(template)  # relay.db and keys/ where tests.snapshot expects them
@@ -77,9 +78,29 @@ def build_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
     nsd_dir = tmp_path_factory.mktemp(f"{name}-nsd")
     nsd = Nsd(nsd_dir, zones([acme, newco, platform], [broken], template)).start()
     try:
-        yield World(template, acme, broken, newco, platform, nsd)
+        on_stores = on_backend(template, stores, tmp_path_factory.mktemp(f"{name}-{stores.backend}"))
+        yield World(on_stores, acme, broken, newco, platform, nsd)
     finally:
         nsd.stop()
+
+
+# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL);
+# a module imports this with `env` (below).
+database_url = database_from("world", lambda world: world.template)
+
+
+@pytest.fixture
+def env(world: World, relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """relay_env holding the module's tenants, keys and users (an outbox upstream under it); DNS is the
+    world's NSD. The module defines the `world` fixture with `build_world`."""
+    restore_template(world.template, relay_env)
+    monkeypatch.setenv("RELAY_NAMESERVERS", world.nameservers)
+    return relay_env
+
+
+# The keys of `send-test --json`'s report (SPEC.md), in and out of process alike.
+JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
+             "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
 
 
 def send_test(cli: Cli, tenant: str = "acme", to: str = RCPT, *extra: str, actor: str = OWNER) -> CliResult:

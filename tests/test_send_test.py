@@ -11,7 +11,6 @@ import email.policy
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import replace
 from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
@@ -36,49 +35,32 @@ from tests.relay_harness import (
     nsd_txt,
     values,
 )
-from tests.sendtest_world import (
+from tests.sendtest_world import (  # noqa: F401  (fixtures, used by name)
     ACCOUNTANT,
+    JSON_KEYS,
     OWNER,
     RCPT,
     Cli,
     World,
     build_world,
     check_lines,
+    database_url,
+    env,
     outbox,
 )
 from tests.sendtest_world import send_test as send_test_any
 from tests.snapshot import (
     Stores,
     assert_one_line_error,
-    database_from,
     env_url,
-    on_backend,
     open_store,
-    restore_template,
     state,
 )
-
-JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
-             "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
-    for built in build_world(tmp_path_factory, "send-test"):
-        pg_dir = tmp_path_factory.mktemp("send-test-pg")
-        yield replace(built, template=on_backend(built.template, backend_stores, pg_dir))
-
-
-# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
-database_url = database_from("world", lambda world: world.template)
-
-
-@pytest.fixture
-def env(world: World, relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """relay_env (outbox upstream under it) holding the module's tenants, keys and users; DNS is the world's NSD."""
-    restore_template(world.template, relay_env)
-    monkeypatch.setenv("RELAY_NAMESERVERS", world.nameservers)
-    return relay_env
+    yield from build_world(tmp_path_factory, "send-test", backend_stores)
 
 
 def send_test(cli: Cli, tenant: str = "acme", to: str = RCPT, *extra: str, actor: str = OWNER) -> CliResult:

@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,8 @@ from tests.relay_harness import (
     smtp_upstream,
     values,
 )
-from tests.sendtest_world import (
+from tests.sendtest_world import (  # noqa: F401  (fixtures, used by name)
+    JSON_KEYS,
     OWNER,
     RCPT,
     STRANGER_IP,
@@ -50,42 +50,25 @@ from tests.sendtest_world import (
     World,
     build_world,
     check_lines,
+    database_url,
+    env,
     outbox,
     send_test,
 )
 from tests.snapshot import (
     Stores,
     assert_one_line_error,
-    database_from,
     env_url,
     location,
-    on_backend,
     open_store,
     restore_template,
     state,
 )
 
-JSON_KEYS = {"tenant", "to", "mode", "relay", "accepted", "reply", "dkim", "spf", "dmarc", "verdict_unavailable",
-             "from", "envelope_from", "signature", "message_id", "outbox_file", "transaction"}
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, backend_stores: Stores) -> Iterator[World]:
-    for built in build_world(tmp_path_factory, "send-test-relay"):
-        pg_dir = tmp_path_factory.mktemp("send-test-relay-pg")
-        yield replace(built, template=on_backend(built.template, backend_stores, pg_dir))
-
-
-# Each test's store starts as a copy of the template (one CREATE DATABASE ... TEMPLATE on PostgreSQL).
-database_url = database_from("world", lambda world: world.template)
-
-
-@pytest.fixture
-def env(world: World, relay_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """relay_env holding the module's tenants, keys and users; DNS is the world's NSD."""
-    restore_template(world.template, relay_env)
-    monkeypatch.setenv("RELAY_NAMESERVERS", world.nameservers)
-    return relay_env
+    yield from build_world(tmp_path_factory, "send-test-relay", backend_stores)
 
 
 @pytest.fixture
