@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiosmtplib
-from aiosmtplib.protocol import normalize_message_line_endings
 
 from relay.core.atomicfile import write_atomically
 from relay.core.replies import (
@@ -54,6 +53,7 @@ from relay.core.replies import (
 )
 from relay.core.settings import Settings
 from relay.core.settings import Upstream as UpstreamSetting
+from relay.mail.lines import crlf_only, dot_stuffed, to_crlf
 from relay.mail.message import CRLF, Message
 from relay.policy.senders import client_ip, is_loopback
 
@@ -166,8 +166,9 @@ class SmtpUpstream:
         chunks, the wire drained between them, so a large message is never copied whole (relay.smtp.pipeline)."""
         return await self._deliver(envelope, message)
 
-    async def _deliver(self, envelope: Envelope, message: Payload) -> Reply:
+    async def _deliver(self, envelope: Envelope, payload: Payload) -> Reply:
         sent = _Progress()
+        message = _Outgoing(payload, size=payload.size, eight_bit=not payload.isascii())
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await self._send(envelope, message, sent)
@@ -188,7 +189,7 @@ class SmtpUpstream:
             if sent.connection is not None:  # anything but a 250: this connection is never used again
                 _abort(sent.connection.client)
 
-    async def _send(self, envelope: Envelope, message: Payload, sent: _Progress) -> Reply:
+    async def _send(self, envelope: Envelope, message: _Outgoing, sent: _Progress) -> Reply:
         """The transaction on a pooled connection that answers RSET, else (or if it dies before MAIL) on a new one."""
         pooled = await self._pooled(sent)
         if pooled is not None:
@@ -267,7 +268,7 @@ class SmtpUpstream:
             await asyncio.gather(*self._quitting, return_exceptions=True)
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, envelope: Envelope, message: Payload, sent: _Progress, *, reused: bool
+        self, client: aiosmtplib.SMTP, envelope: Envelope, message: _Outgoing, sent: _Progress, *, reused: bool
     ) -> Reply:
         _check_8bit(client, message)  # on this connection's own EHLO
         await self._mail(client, envelope, message, reused=reused)
@@ -286,7 +287,7 @@ class SmtpUpstream:
         protocol = client.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the data")
-        for piece in message.stuffed_chunks():  # no joined copy of a large message
+        for piece in message.payload.stuffed_chunks():  # no joined copy of a large message
             protocol.write(piece)  # type: ignore[arg-type]  # asyncio's transports take any bytes-like object
             await _wire_drained(protocol)  # asyncio copies what the socket did not take: keep that small
         sent.dot = True  # from here on, upstream may have the whole message (RFC 1047)
@@ -298,7 +299,7 @@ class SmtpUpstream:
         said = _ENHANCED.sub("", response.message).strip()
         return Reply(250, "2.0.0", f"OK: accepted by upstream: {_clean_text(said)}")
 
-    async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope, message: Payload, *, reused: bool) -> None:
+    async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope, message: _Outgoing, *, reused: bool) -> None:
         command = (b"MAIL", b"FROM:<" + envelope.sender.encode() + b">", *self._mail_options(client, message))
         if not reused:
             await self._command(client, "sender", *command)
@@ -342,11 +343,11 @@ class SmtpUpstream:
             log.warning("upstream %s: RSET failed (%s); dropping the connection", self._target, type(exc).__name__)
 
     @staticmethod
-    def _mail_options(client: aiosmtplib.SMTP, message: Payload) -> list[bytes]:
+    def _mail_options(client: aiosmtplib.SMTP, message: _Outgoing) -> list[bytes]:
         options = []
         if client.supports_extension("size"):
             options.append(b"SIZE=%d" % message.size)  # RFC 1870
-        if client.supports_extension("8bitmime") and not message.isascii():
+        if client.supports_extension("8bitmime") and message.eight_bit:
             options.append(b"BODY=8BITMIME")  # RFC 6152
         return options
 
@@ -357,7 +358,7 @@ class SmtpUpstream:
             raise UpstreamReplyError(upstream_reply(response.code, response.message, what))
 
 
-def _check_8bit(client: aiosmtplib.SMTP, message: Payload) -> None:
+def _check_8bit(client: aiosmtplib.SMTP, message: _Outgoing) -> None:
     """8-bit content goes only to a server that offers 8BITMIME (RFC 6152 3); refuse it otherwise.
 
     Converting to 7 bit (quoted-printable) would have to happen before signing, since DKIM hashes
@@ -365,7 +366,7 @@ def _check_8bit(client: aiosmtplib.SMTP, message: Payload) -> None:
     converted at all. Upstream's extensions are a fact of the deployment, so the refusal is
     permanent: 554 5.6.3, conversion required but not supported (RFC 3463).
     """
-    if not message.isascii() and not client.supports_extension("8bitmime"):
+    if message.eight_bit and not client.supports_extension("8bitmime"):
         raise ReplyError(CONVERSION_NOT_SUPPORTED)
 
 
@@ -388,19 +389,17 @@ class _Progress:
 
 
 def _dot_stuffed_pieces(message: bytes) -> tuple[bytes, ...]:
-    """RFC 5321 4.5.2 transparency and the final dot, on the lines aiosmtplib would send, as pieces to write.
+    """RFC 5321 4.5.2 transparency and the final dot, as pieces to write, by relay.mail.lines' rules.
 
-    The pipeline hands over signed messages, CRLF-only (the signer refuses anything else), so
-    bytes.replace does it; any other message gets aiosmtplib's normalisation of bare CR and LF first:
-    a bare LF before a dot must never reach the wire unstuffed (SMTP smuggling).
+    The pipeline hands over signed messages, CRLF-only (the signer refuses anything else); any other
+    message has its bare CR and LF made CRLF first (rule 5): a bare LF before a dot must never reach
+    the wire unstuffed (SMTP smuggling).
     """
-    crlf = message.count(CRLF)
-    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
-        message = normalize_message_line_endings(message)
-    elif not message.endswith(CRLF):
+    if not crlf_only(message):
+        message = to_crlf(message)
+    if not message.endswith(CRLF):
         message += CRLF
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
-    return (b".", stuffed, b".\r\n") if stuffed.startswith(b".") else (stuffed, b".\r\n")
+    return dot_stuffed(message), b".\r\n"
 
 
 class Payload(Protocol):
@@ -431,16 +430,21 @@ class _BytesPayload:
         return _dot_stuffed_pieces(self.message)
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """One message on its way: what MAIL FROM and the 8BITMIME check need, worked out once (a retry on a
+    fresh connection reuses them), and the payload whose chunks follow the 354."""
+
+    payload: Payload
+    size: int
+    eight_bit: bool
+
+
 async def _wire_drained(protocol: Any) -> None:
     """Wait until the connection's write buffer is below its high-water mark again (asyncio's flow
     control, as StreamWriter.drain does; aiosmtplib's protocol keeps it in `_drain_helper`, checked by
-    tests/test_upstream_pool.py against the pinned aiosmtplib)."""
+    tests/test_upstream_stream.py against the pinned aiosmtplib)."""
     await protocol._drain_helper()
-
-
-def _dot_stuffed(message: bytes) -> bytes:
-    """The bytes `_dot_stuffed_pieces` writes, in one piece."""
-    return b"".join(_dot_stuffed_pieces(message))
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
