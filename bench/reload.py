@@ -46,9 +46,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from admin.tenants import set_tenant  # noqa: E402
 from bench import pgcluster  # noqa: E402
 from relay.core import dkimkeys  # noqa: E402
-from relay.core.models import DkimKey, KeyState, Sender, Tenant, TenantStatus  # noqa: E402
-from relay.core.store import SqliteStore, Store, StoreChanges, utcnow  # noqa: E402
+from relay.core.store import SqliteStore, Store, StoreChanges  # noqa: E402
 from relay.policy.directory import Directory  # noqa: E402
+from tests.factories import populate  # noqa: E402
 
 COLD_SAMPLE = 50  # key files checked one by one for the cold-start line
 
@@ -83,22 +83,6 @@ class FullReads:
         return getattr(self._store, name)
 
 
-def populate(store: Store, keys_dir: Path, count: int) -> list[str]:
-    key = dkimkeys.generate_private_key()
-    public = dkimkeys.public_key_b64(key)
-    now = utcnow()
-    ids = [f"t{number:05d}" for number in range(count)]
-    with store.transaction():
-        for tid in ids:
-            relative = dkimkeys.key_path(tid, f"s{tid}")
-            dkimkeys.write_private_key(keys_dir, relative, key)
-            store.save_tenant(Tenant(id=tid, sender=Sender(name=tid, email=f"billing@{tid}.test", domain=f"{tid}.test"),
-                                     status=TenantStatus.VERIFIED, created_at=now, updated_at=now, verified_at=now))
-            store.add_key(DkimKey(tenant=tid, selector=f"s{tid}", state=KeyState.ACTIVE, public_key_b64=public,
-                                  key_file=relative, created_at=now))
-    return ids
-
-
 @contextmanager
 def opened(kind: str, root: Path) -> Iterator[Callable[[], Store]]:
     """A factory of connections to one fresh store of `kind` (the relay's and the admin's)."""
@@ -127,7 +111,7 @@ def run(kind: str, tenants: int, repeats: int) -> list[dict[str, Any]]:
             admin, relay_store = connect(), connect()
             try:
                 started = time.perf_counter()
-                ids = populate(admin, keys_dir, tenants)
+                ids = populate(admin, keys_dir, tenants, dkimkeys.generate_private_key())
                 print(f"{kind}: {tenants} tenants written in {time.perf_counter() - started:.1f}s", file=sys.stderr)
                 loaders = {"incremental": Loader(), "full": Loader()}
                 directories = {

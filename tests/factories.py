@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.core import dkimkeys
 from relay.core.models import (
@@ -89,3 +90,20 @@ def make_client(
                     networks=networks, created_at=utcnow())
     store.add_client(client)
     return client
+
+
+def populate(store: Store, keys_dir: Path, count: int, key: rsa.RSAPrivateKey) -> list[str]:
+    """`count` verified tenants t0000..., each with its own active key file (0600, written atomically),
+    all holding `key` (generating thousands of RSA keys would be the slow part)."""
+    public = dkimkeys.public_key_b64(key)
+    now = utcnow()
+    ids = [f"t{number:04d}" for number in range(count)]
+    with store.transaction():  # one commit: thousands of separate ones would be the slow part on PostgreSQL
+        for tid in ids:
+            relative = dkimkeys.key_path(tid, f"s{tid}")
+            dkimkeys.write_private_key(keys_dir, relative, key)
+            store.save_tenant(Tenant(id=tid, sender=Sender(name=tid, email=f"billing@{tid}.test", domain=f"{tid}.test"),
+                                     status=TenantStatus.VERIFIED, created_at=now, updated_at=now, verified_at=now))
+            store.add_key(DkimKey(tenant=tid, selector=f"s{tid}", state=KeyState.ACTIVE, public_key_b64=public,
+                                  key_file=relative, created_at=now))
+    return ids

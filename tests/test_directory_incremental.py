@@ -29,13 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from admin.tenants import set_tenant
 from relay.core import dkimkeys
 from relay.core.metrics import Metrics
-from relay.core.models import Client, DkimKey, KeyState, Sender, Tenant, TenantStatus
+from relay.core.models import Client, DkimKey, KeyState, Sender
 from relay.core.replies import ReplyError
 from relay.core.store import SqliteStore, Store, StoreSnapshot, utcnow
 from relay.core.store.postgres import PostgresStore
 from relay.mail.signer import DkimSigner
 from relay.policy.directory import Directory, KeyProblem
 from relay.service.metrics import MeteredDirectory
+from tests.factories import populate
 
 MANY = 300
 
@@ -115,23 +116,6 @@ class CountingSnapshots:
         return getattr(self.store, name)
 
 
-def populate(store: Store, keys_dir: Path, count: int) -> list[str]:
-    """`count` verified tenants, each with its own active key file (0600, written atomically)."""
-    key = private_key(0)
-    public = dkimkeys.public_key_b64(key)
-    now = utcnow()
-    ids = [f"t{number:04d}" for number in range(count)]
-    with store.transaction():  # one commit: hundreds of separate ones would be the slow part on PostgreSQL
-        for tid in ids:
-            relative = dkimkeys.key_path(tid, f"s{tid}")
-            dkimkeys.write_private_key(keys_dir, relative, key)
-            store.save_tenant(Tenant(id=tid, sender=Sender(name=tid, email=f"billing@{tid}.test", domain=f"{tid}.test"),
-                                     status=TenantStatus.VERIFIED, created_at=now, updated_at=now, verified_at=now))
-            store.add_key(DkimKey(tenant=tid, selector=f"s{tid}", state=KeyState.ACTIVE, public_key_b64=public,
-                                  key_file=relative, created_at=now))
-    return ids
-
-
 def client(name: str, *tenants: str) -> Client:
     return Client(name=name, secret_hash="h", all_tenants=False, tenants=tenants, networks=("10.0.0.0/8",),
                   created_at=utcnow())
@@ -151,7 +135,7 @@ def reloads(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_one_changed_sender_among_many_tenants_rebuilds_that_tenant_alone(
         open_stores: Callable[..., Any], keys_dir: Path) -> None:
     relay, admin = open_stores(), open_stores()
-    ids = populate(admin, keys_dir, MANY)
+    ids = populate(admin, keys_dir, MANY, private_key(0))
     admin.add_client(client("billing", *ids[:3]))
     loader, metrics = CountingLoader(setup=True), Metrics()
     directory = MeteredDirectory(relay, keys_dir=keys_dir, reload_interval=60, load_key=loader, metrics=metrics)
@@ -184,7 +168,7 @@ async def test_one_changed_sender_among_many_tenants_rebuilds_that_tenant_alone(
 async def test_a_key_file_swapped_on_disk_is_read_again_alone_and_refused(
         open_stores: Callable[..., Any], keys_dir: Path) -> None:
     relay, admin = open_stores(), open_stores()
-    ids = populate(admin, keys_dir, 50)
+    ids = populate(admin, keys_dir, 50, private_key(0))
     loader, metrics = CountingLoader(setup=True), Metrics()
     directory = MeteredDirectory(relay, keys_dir=keys_dir, reload_interval=60, load_key=loader, metrics=metrics)
     before = directory.load()
@@ -211,7 +195,7 @@ async def test_a_removed_client_disappears_and_the_reload_says_so(
         open_stores: Callable[..., Any], keys_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     relay, admin = open_stores(), open_stores()
-    populate(admin, keys_dir, 3)
+    populate(admin, keys_dir, 3, private_key(0))
     admin.add_client(client("billing", "t0000"))
     admin.add_client(client("reports", "t0001", "t0002"))
     directory = Directory(relay, keys_dir=keys_dir, reload_interval=60)
@@ -236,7 +220,7 @@ async def test_a_removed_client_disappears_and_the_reload_says_so(
 
 async def test_a_pruned_log_falls_back_to_the_full_snapshot(open_stores: Callable[..., Any], keys_dir: Path) -> None:
     admin = open_stores(keep_changes=3)  # the writer prunes: the last 3 generations only
-    populate(admin, keys_dir, 4)
+    populate(admin, keys_dir, 4, private_key(0))
     relay = CountingSnapshots(open_stores())
     directory = Directory(relay, keys_dir=keys_dir, reload_interval=60)  # type: ignore[arg-type]
     before = directory.load()
@@ -263,7 +247,7 @@ def test_read_changes_reaches_back_exactly_as_far_as_the_log(open_stores: Callab
     start = store.generation()
     assert store.read_changes(start) is not None, "nothing since: an empty change set"
     assert store.read_changes(start + 1) is None, "a generation the store never had (another store)"
-    populate(store, keys_dir, 1)  # 2 generations: the tenant, its key
+    populate(store, keys_dir, 1, private_key(0))  # 2 generations: the tenant, its key
     changed = store.read_changes(start)
     assert changed is not None and changed.generation == start + 2
     assert [t.id for t in changed.tenants] == ["t0000"] and [k.tenant for k in changed.keys] == ["t0000"]
@@ -294,7 +278,7 @@ def bump_as_an_older_program(backend: Backend, tenant_id: str, name: str) -> Non
 async def test_a_change_written_without_its_log_row_falls_back_to_the_full_snapshot(
         backend_under_test: Backend, open_stores: Callable[..., Any], keys_dir: Path) -> None:
     admin = open_stores()
-    populate(admin, keys_dir, 3)
+    populate(admin, keys_dir, 3, private_key(0))
     relay = CountingSnapshots(open_stores())
     directory = Directory(relay, keys_dir=keys_dir, reload_interval=60)  # type: ignore[arg-type]
     since = directory.load().generation
@@ -337,7 +321,7 @@ def test_a_change_set_is_never_torn_by_a_write_during_the_read(
         backend_under_test: Backend, open_stores: Callable[..., Any], keys_dir: Path) -> None:
     admin = open_stores()
     reader = open_stores(TearingSqlite if backend_under_test.name == "sqlite" else TearingPostgres)
-    populate(admin, keys_dir, 2)
+    populate(admin, keys_dir, 2, private_key(0))
     since = admin.generation()
     first = set_tenant(admin, keys_dir, "t0001", Sender(name="T1", email="one@t0001.test", domain="t0001.test"),
                        actor="alice")
