@@ -349,32 +349,27 @@ class PostgresStore:
         """All writes inside commit together or not at all, one writer at a time across every
         instance; nesting joins the outer transaction."""
         local = self._local
-        if local.depth:
-            if local.read_only:
-                raise StoreError("a write transaction cannot start inside a read transaction")
-            local.depth += 1
-            try:
-                yield
-            finally:
-                local.depth -= 1
-            return
-        with self._begin("BEGIN", lock=True):
+        if local.depth and local.read_only:
+            raise StoreError("a write transaction cannot start inside a read transaction")
+        with self._joined() if local.depth else self._begin("BEGIN", lock=True):
             yield
 
     @contextmanager
     def read_transaction(self) -> Iterator[None]:
         """Every read inside sees one snapshot, never a write committed meanwhile; for reads only.
         Inside `transaction()` it joins that one."""
-        local = self._local
-        if local.depth:
-            local.depth += 1
-            try:
-                yield
-            finally:
-                local.depth -= 1
-            return
-        with self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", lock=False):
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        with self._joined() if self._local.depth else self._begin(begin, lock=False):
             yield
+
+    @contextmanager
+    def _joined(self) -> Iterator[None]:
+        """A transaction inside one this thread has open: it joins that one (commits with it)."""
+        self._local.depth += 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
 
     def _run(self, conn: Conn, doing: str, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[DictRow]:
         try:
