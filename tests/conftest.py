@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from tests.nsd import Nsd
 from tests.peers import require_binary
@@ -149,3 +151,9 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_url(pg_cluster: Cluster) -> str:
     """The URL of a new, empty database in that cluster."""
     return pg_cluster.database()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on uvloop, the relay's own event loop (RELAY_EVENT_LOOP's default);
+    tests/test_event_loop.py runs a relay on Python's asyncio loop too."""
+    return {"uvloop": uvloop.new_event_loop}

@@ -171,12 +171,16 @@ async def test_on_session_timeout_is_what_the_session_timer_calls() -> None:
 
 
 async def test_reset_session_timer_starts_the_timeout_afresh() -> None:
+    # By handle, not by time: uvloop's clock moves once per loop iteration, in milliseconds.
     async with served() as world:
-        before = world.protocol._timeout_handle.when()
-        await world.client.command("NOOP")  # a command moves it too: the timer is the one aiosmtpd uses
-        after_command = world.protocol._timeout_handle.when()
+        before = world.protocol._timeout_handle
+        await world.client.command("NOOP")  # a command rearms it too: the timer is the one aiosmtpd uses
+        after_command = world.protocol._timeout_handle
+        assert after_command is not before and before.cancelled()
         world.protocol.reset_session_timer()
-        assert before < after_command < world.protocol._timeout_handle.when()
+        fresh = world.protocol._timeout_handle
+        assert fresh is not after_command and after_command.cancelled() and not fresh.cancelled()
+        assert fresh.when() >= after_command.when()
 
 
 async def test_require_tls_for_auth_is_what_auth_checks() -> None:

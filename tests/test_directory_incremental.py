@@ -15,8 +15,10 @@ is tested. Every load under test goes to the real loader.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,3 +350,32 @@ def test_a_change_set_is_never_torn_by_a_write_during_the_read(
     assert later is not None and later.generation == admin.generation() > generation
     assert [t.sender.email for t in later.tenants] == ["two@t0001.test"]
     assert (second[0].selector, KeyState.ACTIVE) in {(k.selector, k.state) for k in later.keys}
+
+
+# ------------------------------------------------------------------ memory (relay.service.heap)
+
+
+async def test_a_replaced_snapshot_is_freed_without_the_cycle_collector(
+        open_stores: Callable[..., Any], keys_dir: Path) -> None:
+    """Each relay process freezes what it loaded at start (gc.freeze, relay.service.heap): a frozen object
+    is never looked at by the cycle collector again, so one the directory replaces must be freed by
+    reference counting alone, or every reload would leak the snapshot it replaced."""
+    relay, admin = open_stores(), open_stores()
+    populate(admin, keys_dir, 3, private_key(0))
+    admin.add_client(client("billing", "t0000"))
+    directory = Directory(relay, keys_dir=keys_dir, reload_interval=60)
+    before = directory.load()
+    gone = [weakref.ref(before), weakref.ref(before.tenants["t0001"]), weakref.ref(before.clients["billing"]),
+            weakref.ref(before.signers["t0001"])]
+    set_tenant(admin, keys_dir, "t0001", Sender(name="T1", email="invoices@t0001.test", domain="t0001.test"),
+               actor="alice")  # a new tenant, key and signer for t0001
+    admin.delete_client("billing")
+    gc.collect()
+    gc.disable()
+    try:
+        await directory.reload()
+        assert directory.current is not before
+        del before
+        assert [ref() for ref in gone] == [None] * len(gone)
+    finally:
+        gc.enable()

@@ -71,7 +71,7 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
     secret = add_client(store, "billing", tenants=("acme",))
     store.close()
     with RelayProcess(process_env(tmp_path, RELAY_WORKERS="2")) as relay:
-        assert "(2 workers)" in relay.banner()[0]
+        assert "(2 workers, event loop uvloop)" in relay.banner()[0]
         deadline = time.monotonic() + 20
         while len(relay.children()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the process table, bounded
@@ -111,7 +111,7 @@ def test_banner_states_facts_and_a_next_step_that_works_in_every_state(
         text = banner(settings, ("127.0.0.1", 2525), check_store(settings))
         lines = text.splitlines()
         assert lines[:4] == [
-            "relay: listening on 127.0.0.1:2525 (1 worker)",
+            "relay: listening on 127.0.0.1:2525 (1 worker, event loop uvloop)",
             f"relay: upstream outbox:{relay_env.resolve() / 'outbox'} (each accepted message is written there "
             "as a signed .eml file, not sent on)",
             f"relay: store {relay_env.resolve() / 'relay.db'}: {summary}",
@@ -143,7 +143,7 @@ def test_banner_masks_the_upstream_password_and_counts_workers(tmp_path: Path) -
     store.close()
     lines = banner(settings, ("127.0.0.1", 2600), check_store(settings)).splitlines()
     assert lines == [
-        "relay: listening on 127.0.0.1:2600 (2 workers)",
+        "relay: listening on 127.0.0.1:2600 (2 workers, event loop uvloop)",
         "relay: upstream smtp://relay:***@smtp.provider.test:587?tls=required",
         f"relay: store {tmp_path.resolve() / 'relay.db'}: 0 users, 1 tenant (1 verified), 1 client",
         f"relay: keys {tmp_path.resolve() / 'keys'}",

@@ -116,9 +116,11 @@ def _send_then_listen(port: int, secret: str) -> tuple[tuple[int, str], tuple[in
         smtp.close()
 
 
-async def test_transaction_in_flight_gets_its_250_after_sigterm(site: Site) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])  # RELAY_EVENT_LOOP: the default, and the fallback
+async def test_transaction_in_flight_gets_its_250_after_sigterm(site: Site, event_loop: str) -> None:
     async with ScriptedUpstream(Script(hold_after_dot=True)) as upstream:
-        env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_UPSTREAM=f"smtp://127.0.0.1:{upstream.port}")
+        env = process_env(site.tmp, RELAY_DATABASE=site.database, RELAY_UPSTREAM=f"smtp://127.0.0.1:{upstream.port}",
+                          RELAY_EVENT_LOOP=event_loop)
         with RelayProcess(env) as relay:
             port = await asyncio.to_thread(lambda: relay.port)
             client = asyncio.create_task(asyncio.to_thread(_send_then_listen, port, site.secret))
@@ -135,6 +137,7 @@ async def test_transaction_in_flight_gets_its_250_after_sigterm(site: Site) -> N
     assert code == 0
     assert "1 session open, 1 with a transaction under way (up to 30s to finish)" in stopping
     log = relay.lines()
+    assert any(f"(1 worker, event loop {event_loop})" in line for line in relay.lines("stdout")), relay.lines("stdout")
     assert any("outcome=delivered" in line for line in log), log
     assert log[-1].endswith("relay.server: stopped"), log
 

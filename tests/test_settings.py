@@ -13,6 +13,7 @@ from relay.core.settings import HostPort, SettingsError, load_settings, parse_du
 from tests.conftest import CliResult
 
 BAD_VALUES: list[tuple[str, str]] = [
+    ("RELAY_EVENT_LOOP", "trio"),
     ("RELAY_LISTEN", "nonsense"),
     ("RELAY_LISTEN", "127.0.0.1:99999"),
     ("RELAY_LISTEN", "[::1"),

@@ -22,6 +22,8 @@ ENV_FILE_VARIABLE = "RELAY_ENV_FILE"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # RELAY_DATABASE URLs for the PostgreSQL backend
 
 
+EventLoopName = Literal["uvloop", "asyncio"]  # RELAY_EVENT_LOOP (relay.service.eventloop)
+
 class SettingsError(Exception):
     """A setting is wrong; the message is one line naming the variable and the problem."""
 
@@ -209,6 +211,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(default=None, description="certificate enabling STARTTLS")
     tls_key: Path | None = Field(default=None, description="private key for RELAY_TLS_CERT")
     workers: int = Field(default=1, ge=1, le=64, description="relay processes sharing the port")
+    event_loop: EventLoopName = Field(
+        default="uvloop", description="each relay process's event loop: uvloop (faster) or Python's asyncio",
+    )
 
     # Beyond SPEC.md: limits and timeouts a production relay needs (RELIABILITY.md R5).
     hostname: str = Field(default_factory=socket.getfqdn, description="name in EHLO/banner/Received")
@@ -297,9 +302,9 @@ class Settings(BaseSettings):
             return parse_host_port(value) if value.strip() else None
         return value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "event_loop", mode="before")
     @classmethod
-    def _log_format(cls, value: Any) -> Any:
+    def _lower_case_word(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("upstream", mode="before")

@@ -33,7 +33,8 @@ from relay.core.settings import Settings, SettingsError, load_settings
 from relay.core.store import Store, StoreError, StoreMissing, open_store, store_location
 from relay.policy.directory import Directory
 from relay.policy.senders import is_loopback
-from relay.service import metrics
+from relay.service import eventloop, metrics
+from relay.service.heap import freeze_long_lived
 from relay.service.relay import start_relay
 from relay.service.reload import Sighup
 from relay.smtp.server import tls_context
@@ -181,7 +182,7 @@ def banner(settings: Settings, address: tuple[str, int], facts: StoreFacts, *,
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     keys = settings.keys_dir.resolve()
     lines = [
-        f"listening on {where} ({plural(settings.workers, 'worker')})",
+        f"listening on {where} ({plural(settings.workers, 'worker')}, event loop {settings.event_loop})",
         *([f"metrics on {metrics.url(metrics_address)} (and /healthz, /readyz)"] if metrics_address else []),
         f"upstream {_upstream(settings)}",
         f"store {facts.location}: {_store_summary(facts)}",
@@ -209,6 +210,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
     # A worker is forked with these blocked (see `_fork_worker`); now that they are handled, let them in.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS | {signal.SIGCHLD})
     relay = await start_relay(settings, None, sock=sock)
+    freeze_long_lived()  # this process's directory and keys: never walked by a collection again
     hup = Sighup(relay, settings)
     loop.add_signal_handler(signal.SIGHUP, hup.received)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since `main` began
@@ -220,7 +222,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
 
 def serve(settings: Settings, sock: socket.socket) -> int:
     """One relay process: its own event loop and store connection."""
-    return asyncio.run(_serve(settings, sock))
+    return eventloop.run(_serve(settings, sock), settings.event_loop)
 
 
 def _fork_worker(settings: Settings, sock: socket.socket, parents: tuple[socket.socket, ...] = ()) -> int:
@@ -279,6 +281,7 @@ def supervise(settings: Settings, sock: socket.socket, server: metrics.MetricsSe
     waited = STOP_SIGNALS | {signal.SIGCHLD, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     parents = (server.socket,) if server is not None else ()
+    freeze_long_lived()  # the workers' collections never touch (and so never copy) the parent's pages
     children = {_fork_worker(settings, sock, parents) for _ in range(settings.workers)}
     sock.close()  # the workers hold the listener; when they close theirs on stop, it is closed
     if server is not None:

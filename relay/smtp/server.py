@@ -61,6 +61,7 @@ from relay.policy.senders import (
 from relay.smtp.aiosmtpd_adapter import AdaptedSMTP, HandlerNames
 from relay.smtp.limits import ConnectionCounter, Drain
 from relay.smtp.pipeline import Pipeline
+from relay.smtp.transports import writable
 
 log = logging.getLogger("relay.server")
 
@@ -132,9 +133,10 @@ class RelaySMTP(AdaptedSMTP):
     def _refuse(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
         """RFC 5321 3.8: 421 in place of the greeting, then close; no session, no handler task."""
         self._refused = True
-        assert isinstance(transport, asyncio.WriteTransport)
-        self._metrics.reply(reply.code)
-        transport.write(f"{reply}\r\n".encode("ascii"))
+        writer = writable(transport)
+        if writer is not None:
+            self._metrics.reply(reply.code)
+            writer.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # flushes the 421 first; no data is read from here on
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -157,10 +159,10 @@ class RelaySMTP(AdaptedSMTP):
         if transport is None:
             return
         # Not while a TLS handshake owns the socket: plaintext there would only corrupt it.
-        if (isinstance(transport, asyncio.WriteTransport) and transport is not self.plain_transport
-                and not transport.is_closing()):
+        writer = writable(transport)
+        if writer is not None and transport is not self.plain_transport and not transport.is_closing():
             self._metrics.reply(reply.code)
-            transport.write(f"{reply}\r\n".encode("ascii"))
+            writer.write(f"{reply}\r\n".encode("ascii"))
         transport.close()  # as aiosmtpd does: connection_lost() then ends the handler and the slot
 
     def split_path(self, arg: str) -> tuple[str | None, str | None]:

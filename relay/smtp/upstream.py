@@ -56,6 +56,7 @@ from relay.core.settings import Upstream as UpstreamSetting
 from relay.mail.lines import crlf_only, dot_stuffed, to_crlf
 from relay.mail.message import CRLF, Message
 from relay.policy.senders import client_ip, is_loopback
+from relay.smtp.transports import writable
 
 log = logging.getLogger("relay.upstream")
 
@@ -467,8 +468,8 @@ async def quit_politely(client: aiosmtplib.SMTP) -> None:
 
 def _abort(client: aiosmtplib.SMTP) -> None:
     """Drop the connection without flushing anything still buffered (never a QUIT, R4)."""
-    transport = client.transport
-    if transport is not None and isinstance(transport, asyncio.WriteTransport):
+    transport = writable(client.transport)
+    if transport is not None:
         transport.abort()
     client.close()
 
