@@ -186,7 +186,7 @@ async def _read(wire: bytes) -> bytes:
     stream = asyncio.StreamReader(limit=STREAM_LIMIT)
     stream.feed_data(wire + b".\r\n")  # the message's own last CRLF and this make the real end
     stream.feed_eof()
-    return await read_data(stream, max_size=1_000_000)
+    return (await read_data(stream, max_size=1_000_000)).data
 
 
 def through_the_reader(wire: bytes) -> bytes | Reply:
@@ -240,6 +240,16 @@ def test_the_readers_look_alike_check_is_the_one_rule_with_the_previous_line_end
 def test_normalise_does_not_copy_crlf_data() -> None:
     data = b"Subject: x\r\n\r\n" + b"line\r\n" * 1000
     assert normalise_data(data) is data
+
+
+def test_normalise_with_the_count_known_still_refuses_nul_and_ends_in_crlf() -> None:
+    """What the DATA reader's count spares (relay.mail.smtpdata.DataContent) is rule 1 alone."""
+    data = b"Subject: x\r\n\r\n" + b"line\r\n" * 1000
+    assert normalise_data(data, crlf_only_known=True) is data
+    assert normalise_data(b"Subject: x\r\n\r\nno end", crlf_only_known=True) == b"Subject: x\r\n\r\nno end\r\n"
+    with pytest.raises(ReplyError) as caught:
+        normalise_data(b"Subject: x\r\n\r\na\x00b\r\n", crlf_only_known=True)
+    assert caught.value.reply == NUL_BYTES
 
 
 def test_spans_cut_after_an_lf_and_cover_everything() -> None:

@@ -14,6 +14,7 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX
 
+import relay.mail.lines as lines_module
 import relay.mail.message as message_module
 from relay.core.models import DkimKey, TenantStatus
 from relay.core.replies import Reply
@@ -99,7 +100,7 @@ def record_transactions(monkeypatch: pytest.MonkeyPatch) -> list[Transaction]:
     return seen
 
 
-async def send(world: World, upstream: BytesUpstream) -> tuple[int, str]:
+async def send(world: World, upstream: BytesUpstream, message: bytes = MESSAGE) -> tuple[int, str]:
     settings = make_settings(world.tmp)
     relay = await start_relay(settings, world.store, upstream=upstream)
     try:
@@ -108,7 +109,7 @@ async def send(world: World, upstream: BytesUpstream) -> tuple[int, str]:
                                ("RCPT TO:<someone@example.test>", 250), ("DATA", 354)):
             code, said = await client.command(text)
             assert code == expected, f"{text}: {code} {said}"
-        stuffed = MESSAGE.replace(b"\r\n.", b"\r\n..")
+        stuffed = message.replace(b"\n.", b"\n..")  # RFC 5321 4.5.2, after CRLF or a bare LF alike
         client.writer.write(stuffed + b".\r\n")
         reply = await client.reply()
         await client.command("QUIT")
@@ -176,3 +177,48 @@ async def test_nothing_is_parsed_for_a_refused_message(world: World, monkeypatch
         await relay.close()
     assert (code, said[:5]) == (550, "5.5.2")
     assert calls == [] and upstream.messages == []
+
+
+def count_line_end_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many bytes each call of relay.mail.lines.crlf_only (rule 1, wherever it is bound) counted."""
+    sizes: list[int] = []
+    original = lines_module.crlf_only
+
+    def counted(data: bytes, start: int = 0, end: int | None = None) -> bool:
+        sizes.append(len(range(len(data))[start:end]))
+        return original(data, start, end)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("relay.") and getattr(module, "crlf_only", None) is original:
+            monkeypatch.setattr(module, "crlf_only", counted)
+    return sizes
+
+
+async def test_the_data_readers_count_of_line_endings_is_not_repeated(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CRLF-only DATA (all ordinary mail): the reader counted every CR and LF while judging it, and says
+    so; normalise does not count the whole message again (only the header block is, by parse_header)."""
+    seen = record_transactions(monkeypatch)
+    sizes = count_line_end_passes(monkeypatch)
+    upstream = BytesUpstream()
+    code, said = await send(world, upstream)
+    assert code == 250, said
+    (tx,) = seen
+    assert tx.crlf_only
+    assert sizes and max(sizes) < 200, sizes  # the header block: MESSAGE is ~2.6 KB
+    assert dkim.verify(upstream.messages[0], dnsfunc=dns_for(world.key))
+
+
+async def test_bare_lf_data_is_still_counted_and_made_crlf(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = record_transactions(monkeypatch)
+    sizes = count_line_end_passes(monkeypatch)
+    upstream = BytesUpstream()
+    # Every line ends in a bare LF but the last: the end of data is CRLF "." CRLF and nothing else.
+    code, said = await send(world, upstream, MESSAGE.replace(b"\r\n", b"\n")[:-1] + b"\r\n")
+    assert code == 250, said
+    (tx,) = seen
+    assert not tx.crlf_only  # read line by line: not counted there
+    assert max(sizes) >= len(MESSAGE) - len(b"\r") * MESSAGE.count(b"\r"), sizes  # the whole message, counted
+    (signed,) = upstream.messages
+    assert dkim.verify(signed, dnsfunc=dns_for(world.key))
+    assert signed.count(b"\n") == signed.count(b"\r\n")

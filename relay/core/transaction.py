@@ -40,6 +40,9 @@ class Transaction:
     recipients: tuple[str, ...]
     data: bytes  # dot-unstuffed DATA content, line endings as received
     received_at: datetime
+    # The DATA reader counted every CR and LF of `data` as part of a CRLF (relay.mail.smtpdata.DataContent):
+    # the pipeline's normalise need not count them again. False: not known (count them).
+    crlf_only: bool = False
 
 
 def safe_name(name: str | None) -> str:

@@ -14,13 +14,15 @@ line by line); anything else goes line by line through `DataReader`, whose rules
 never checked for smuggling).
 
 The output keeps the client's bare CRs inside lines (for `relay.mail.lines.normalise` to judge) and
-ends every line read up to an LF with CRLF.
+ends every line read up to an LF with CRLF. It comes with what the reader proved on the way
+(`DataContent.crlf_only`), so that `normalise` need not count every CR and LF of it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+from typing import NamedTuple
 
 from relay.core.replies import LINE_TOO_LONG, SMUGGLING, TOO_BIG, Reply, ReplyError
 from relay.mail.lines import (
@@ -33,12 +35,24 @@ from relay.mail.lines import (
     unstuff_crlf,
 )
 
-__all__ = ["END", "STREAM_LIMIT", "DataReader", "message_from", "read_data"]
+__all__ = ["END", "STREAM_LIMIT", "DataContent", "DataReader", "message_from", "read_data"]
 
 # aiosmtpd's SMTP.line_length_limit, the limit of its StreamReader: a line longer than this plus its
 # LF could only be read in pieces (LimitOverrunError), and counts as such (see DataReader.feed_overlong).
 STREAM_LIMIT = 1001
 _SPAN = 1024 * 1024  # CRLF-only data is checked in spans of about this size
+
+
+class DataContent(NamedTuple):
+    """The un-stuffed message `read_data` read, and whether every CR and LF in it was part of a CRLF.
+
+    `crlf_only` is rule 1 of relay.mail.lines, counted span by span while the message was judged:
+    `normalise(data, crlf_only=True)` then skips counting them again (~90 us for 50 KB). False says
+    only that it was not counted here (the line-by-line path), not that a bare CR or LF is in it.
+    """
+
+    data: bytes
+    crlf_only: bool
 
 
 class DataReader:
@@ -104,7 +118,7 @@ class DataReader:
         self._lines.clear()  # nothing of a refused message is kept in memory
 
 
-async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> bytes:
+async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> DataContent:
     """Read DATA through its final CRLF.CRLF and return the unstuffed message, or raise `ReplyError`
     (only after reading to the end, so that nothing of the message is ever run as a command).
 
@@ -151,7 +165,7 @@ def _pending(tail: bytes) -> int:
     return 0
 
 
-def message_from(data: bytes, *, size: int, max_size: int) -> bytes:
+def message_from(data: bytes, *, size: int, max_size: int) -> DataContent:
     """The message from the raw bytes between the 354 and the final "." CRLF, or `ReplyError`.
 
     `size` is how many there were; `data` holds them all, or at least those up to `max_size` + 1.
@@ -170,10 +184,10 @@ def message_from(data: bytes, *, size: int, max_size: int) -> bytes:
         # line's first dot is the transparency dot of RFC 5321 4.5.2, so DataReader would do just this.
         if max(map(len, lines)) > MAX_LINE and any(len(line) - line.startswith(b".") > MAX_LINE for line in lines):
             raise ReplyError(LINE_TOO_LONG)
-    return unstuff_crlf(data)
+    return DataContent(unstuff_crlf(data), crlf_only=True)
 
 
-def _line_by_line(data: bytes, *, size: int, max_size: int) -> bytes:
+def _line_by_line(data: bytes, *, size: int, max_size: int) -> DataContent:
     reader = DataReader(max_size=max_size)
     fed = 0
     # Each line up to its LF; what follows the last LF is empty, or part of a line past the size limit.
@@ -187,4 +201,4 @@ def _line_by_line(data: bytes, *, size: int, max_size: int) -> bytes:
         assert not ended, "the end of data was found where read_data found none"
         fed = lf + 1
     reader.skip(size - fed)
-    return reader.content()
+    return DataContent(reader.content(), crlf_only=False)

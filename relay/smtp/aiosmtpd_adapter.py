@@ -31,11 +31,19 @@ PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
     "_timeout_cb": ("self",),  # called by the session timer; we say 421 before closing
     "_reset_timeout": ("self", "duration"),  # (re)arms the session timer
     "_getaddr": ("self", "arg"),  # splits `<path> params` for MAIL and RCPT
-    "_create_envelope": ("self",),  # a fresh envelope, as after each transaction
+    "_create_envelope": ("self",),  # a fresh envelope, as after each transaction: ours, RelayEnvelope
     "_call_handler_hook": ("self", "command", "args"),  # calls handle_<COMMAND> with session and envelope
 }
 # Instance attributes read or set here, all set by SMTP.__init__ or on the first connection_made.
 PRIVATE_ATTRIBUTES = ("_original_transport", "_reader", "_auth_require_tls", "_timeout_handle")
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope, and what the relay's DATA reader proved about its content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.content_crlf_only = False  # relay.mail.smtpdata.DataContent.crlf_only, once DATA is read
 
 
 class AdaptedSMTP(SMTP):
@@ -68,6 +76,9 @@ class AdaptedSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return self.split_path(arg)
 
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
     def on_session_timeout(self) -> None:
         """The session timer ran out: aiosmtpd closes the connection (override to say why first)."""
         SMTP._timeout_cb(self)  # type: ignore[no-untyped-call]  # untyped in aiosmtpd 1.4
@@ -99,10 +110,9 @@ class AdaptedSMTP(SMTP):
         """Start the session timeout afresh, as aiosmtpd does when a command arrives."""
         self._reset_timeout()
 
-    def new_envelope(self) -> Envelope:
-        """An empty envelope: what aiosmtpd sets after each transaction."""
-        envelope: Envelope = self._create_envelope()
-        return envelope
+    def new_envelope(self) -> RelayEnvelope:
+        """An empty envelope: what aiosmtpd sets after each transaction (and at EHLO and RSET)."""
+        return self._create_envelope()
 
     async def call_hook(self, command: str, *args: Any) -> Any:
         """The handler's `handle_<command>(server, session, envelope, *args)`, or aiosmtpd's MISSING."""

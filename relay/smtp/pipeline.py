@@ -184,7 +184,8 @@ class Pipeline:
 
     async def _relay(self, tx: Transaction, facts: _Facts, client: Client | None) -> Reply:
         snapshot = self._directory.current
-        data = normalise_data(tx.data)  # NUL and look-alikes first (550), as relay.mail.lines rules
+        # NUL and look-alikes first (550), as relay.mail.lines rules
+        data = normalise_data(tx.data, crlf_only_known=tx.crlf_only)
         if client is None:
             client = snapshot.clients.get(tx.client)
         elif client.name != tx.client:  # the log line names tx.client: it must be the deciding client

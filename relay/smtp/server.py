@@ -58,7 +58,7 @@ from relay.policy.senders import (
     is_loopback,
     session_client,
 )
-from relay.smtp.aiosmtpd_adapter import AdaptedSMTP, HandlerNames
+from relay.smtp.aiosmtpd_adapter import AdaptedSMTP, HandlerNames, RelayEnvelope
 from relay.smtp.limits import ConnectionCounter, Drain
 from relay.smtp.pipeline import Pipeline
 from relay.smtp.transports import writable
@@ -224,7 +224,10 @@ class RelaySMTP(AdaptedSMTP):
         # R5: the upload had the session timeout to itself (a slow 35 MB one may use most of it); signing
         # and upstream get a fresh one, well within the client's 10 minutes for the reply (RFC 5321 4.5.3.2.6).
         self.reset_session_timer()
-        self.envelope.content = self.envelope.original_content = content
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)  # every envelope is made by AdaptedSMTP._create_envelope
+        envelope.content = envelope.original_content = content.data
+        envelope.content_crlf_only = content.crlf_only
         status = await self.call_hook("DATA")
         self.envelope = self.new_envelope()
         await self.push(status)
@@ -405,6 +408,7 @@ class Hooks(HandlerNames):
             recipients=tuple(envelope.rcpt_tos),
             data=content,
             received_at=utcnow(),
+            crlf_only=isinstance(envelope, RelayEnvelope) and envelope.content_crlf_only,
         )
         return str(await self._pipeline.handle(tx))
 
