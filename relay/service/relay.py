@@ -169,6 +169,8 @@ async def start_relay(
     connections = ConnectionCounter(max_total=settings.max_connections, max_per_ip=settings.max_connections_per_ip)
     drain = Drain()
 
+    loop = asyncio.get_running_loop()
+
     def factory() -> RelaySMTP:
         protocol = RelaySMTP(
             hooks,
@@ -182,11 +184,11 @@ async def start_relay(
             timeout=new.settings.session_timeout,
             auth_require_tls=True,  # relaxed per connection for loopback in connection_made
             command_call_limit=CALL_LIMITS,
+            loop=loop,  # else aiosmtpd looks it up per connection, changing the process's warning filters to do so
         )
         sessions.add(protocol)
         return protocol
 
-    loop = asyncio.get_running_loop()
     if sock is not None:
         server = await loop.create_server(factory, sock=sock)
     else:
