@@ -317,7 +317,8 @@ async def test_client_mail_from_is_checked_but_not_used(world: World) -> None:
     assert world.upstream.only.mail_from == "bounces@bounce.acme.test"
 
 
-async def test_size_is_advertised_and_enforced(world: World) -> None:
+async def test_size_is_advertised_and_enforced(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
     settings = world.with_settings(max_message_size=4096)
     async with relay_running(settings, world.store) as relay:
         client = await RawClient.connect(relay)
@@ -332,6 +333,8 @@ async def test_size_is_advertised_and_enforced(world: World) -> None:
     assert announced[0] == 552 and announced[1].startswith("5.3.4")
     assert (outcome.code, outcome.text.split()[0]) == (552, "5.3.4"), outcome
     assert world.upstream.messages == []
+    [line] = transaction_lines(caplog)  # the refused MAIL FROM (SIZE=5000) is no transaction
+    assert f"client=billing ip=127.0.0.1 tenant=- rcpts=1 size={len(big)} outcome=refused reply='552 5.3.4 " in line
 
 
 async def test_recipient_count_is_limited(world: World) -> None:
@@ -353,8 +356,14 @@ async def test_line_over_998_characters_is_refused(world: World) -> None:
 # ------------------------------------------------------------------ smuggling
 
 
+def transaction_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "relay.transaction"]
+
+
 @pytest.mark.parametrize("trick", [b"\n.\n", b"\r\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n"])
-async def test_smuggled_end_of_data_is_refused_and_nothing_goes_upstream(world: World, trick: bytes) -> None:
+async def test_smuggled_end_of_data_is_refused_and_nothing_goes_upstream(
+        world: World, trick: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
     injected = b"MAIL FROM:<ceo@acme.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nFrom: ceo@acme.test\r\n"
     async with relay_running(world.settings, world.store) as relay:
         client = await RawClient.connect(relay)
@@ -366,6 +375,10 @@ async def test_smuggled_end_of_data_is_refused_and_nothing_goes_upstream(world: 
     assert final[0] == 550 and final[1].startswith("5.5.2"), final
     assert after[0] == 250, "the injected commands were read as data, not run"
     assert world.upstream.messages == []
+    # The attempt leaves the transaction's line, like any refusal: who, from where, how much, what was said.
+    [line] = transaction_lines(caplog)
+    size = len(MESSAGE + b"text" + trick + injected + b"\r\n")  # all the bytes before the final "." CRLF
+    assert f"client=billing ip=127.0.0.1 tenant=- rcpts=1 size={size} outcome=refused reply='550 5.5.2 " in line
 
 
 async def test_nul_bytes_are_refused(world: World) -> None:

@@ -35,7 +35,7 @@ from relay.mail.lines import (
     unstuff_crlf,
 )
 
-__all__ = ["END", "STREAM_LIMIT", "DataContent", "DataReader", "message_from", "read_data"]
+__all__ = ["END", "STREAM_LIMIT", "DataContent", "DataReader", "RefusedData", "message_from", "read_data"]
 
 # aiosmtpd's SMTP.line_length_limit, the limit of its StreamReader: a line longer than this plus its
 # LF could only be read in pieces (LimitOverrunError), and counts as such (see DataReader.feed_overlong).
@@ -53,6 +53,15 @@ class DataContent(NamedTuple):
 
     data: bytes
     crlf_only: bool
+
+
+class RefusedData(ReplyError):
+    """The DATA reader refused the message (a look-alike 550 5.5.2, too big 552 5.3.4, a line too long
+    550 5.6.0), having read it to its end and kept nothing; `size` is how many bytes it was."""
+
+    def __init__(self, reply: Reply, *, size: int) -> None:
+        super().__init__(reply)
+        self.size = size
 
 
 class DataReader:
@@ -119,7 +128,7 @@ class DataReader:
 
 
 async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> DataContent:
-    """Read DATA through its final CRLF.CRLF and return the unstuffed message, or raise `ReplyError`
+    """Read DATA through its final CRLF.CRLF and return the unstuffed message, or raise `RefusedData`
     (only after reading to the end, so that nothing of the message is ever run as a command).
 
     The client leaving mid-DATA raises `asyncio.IncompleteReadError` (nothing is handed on, R4). Past
@@ -154,7 +163,10 @@ async def read_data(stream: asyncio.StreamReader, *, max_size: int) -> DataConte
         if pending:  # once reading in blocks up to END, nothing is pending again (see above)
             pending = _pending(tail)
     kept.truncate(size - 3)  # without the final "." CRLF; cut already when over the limit
-    return message_from(kept.getvalue(), size=size - 3, max_size=max_size)
+    try:
+        return message_from(kept.getvalue(), size=size - 3, max_size=max_size)
+    except ReplyError as exc:
+        raise RefusedData(exc.reply, size=size - 3) from None
 
 
 def _pending(tail: bytes) -> int:

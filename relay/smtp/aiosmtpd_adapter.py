@@ -26,6 +26,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope
 
+from relay.mail.smtpdata import RefusedData
+
 # aiosmtpd.smtp.SMTP methods used or overridden here, with the parameters they have in 1.4.6.
 PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
     "_timeout_cb": ("self",),  # called by the session timer; we say 421 before closing
@@ -39,11 +41,12 @@ PRIVATE_ATTRIBUTES = ("_original_transport", "_reader", "_auth_require_tls", "_t
 
 
 class RelayEnvelope(Envelope):
-    """aiosmtpd's envelope, and what the relay's DATA reader proved about its content."""
+    """aiosmtpd's envelope, and what the relay's DATA reader found about its content."""
 
     def __init__(self) -> None:
         super().__init__()
         self.content_crlf_only = False  # relay.mail.smtpdata.DataContent.crlf_only, once DATA is read
+        self.refused: RefusedData | None = None  # the reader refused the content (then it is empty)
 
 
 class AdaptedSMTP(SMTP):

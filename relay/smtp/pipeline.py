@@ -160,6 +160,16 @@ class Pipeline:
             self.metrics.message(facts.tenant, "abandoned")
             self._log_abandoned(tx, facts)
             raise
+        return self._answered(tx, facts, reply)
+
+    def refuse(self, tx: Transaction, reply: Reply, *, size: int) -> Reply:
+        """A message the DATA reader refused (relay.mail.smtpdata.RefusedData: a look-alike, too big, a
+        line too long) before anything was decided: counted and logged as any refused transaction, so
+        that a smuggling attempt or a client over the size limit leaves its line. `tx.data` is empty."""
+        return self._answered(tx, _Facts(size=size), reply)
+
+    def _answered(self, tx: Transaction, facts: _Facts, reply: Reply) -> Reply:
+        """Count the outcome and write the transaction's line; `reply` is what the client gets."""
         result = outcome(reply)
         self.metrics.message(facts.tenant, result)
         if log.isEnabledFor(logging.INFO):  # the line's timings, text and fields only when it is written

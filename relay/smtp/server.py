@@ -46,7 +46,7 @@ from relay.core.replies import (
 from relay.core.settings import Settings
 from relay.core.store import utcnow
 from relay.core.transaction import Peer, Transaction, new_transaction_id
-from relay.mail.smtpdata import read_data
+from relay.mail.smtpdata import DataContent, RefusedData, read_data
 from relay.policy.directory import Directory
 from relay.policy.rdns import ReverseDns
 from relay.policy.senders import (
@@ -213,19 +213,19 @@ class RelaySMTP(AdaptedSMTP):
         """From the 354 to the reply to the final dot."""
         assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)  # every envelope is made by AdaptedSMTP._create_envelope
         try:
             content = await read_data(self.reader, max_size=self._max_size)
         except asyncio.IncompleteReadError:
             return  # the client is gone mid-DATA: nothing was handed on (R4)
-        except ReplyError as exc:
-            self.envelope = self.new_envelope()  # what aiosmtpd's _set_post_data_state does
-            await self.push(str(exc.reply))
-            return
+        except RefusedData as exc:
+            # A look-alike, too big, a line too long: read to its end, kept nowhere. The hook still
+            # runs, so that it is answered and logged like any refused transaction.
+            content, envelope.refused = DataContent(b"", crlf_only=True), exc
         # R5: the upload had the session timeout to itself (a slow 35 MB one may use most of it); signing
         # and upstream get a fresh one, well within the client's 10 minutes for the reply (RFC 5321 4.5.3.2.6).
         self.reset_session_timer()
-        envelope = self.envelope
-        assert isinstance(envelope, RelayEnvelope)  # every envelope is made by AdaptedSMTP._create_envelope
         envelope.content = envelope.original_content = content.data
         envelope.content_crlf_only = content.crlf_only
         status = await self.call_hook("DATA")
@@ -410,6 +410,9 @@ class Hooks(HandlerNames):
             received_at=utcnow(),
             crlf_only=isinstance(envelope, RelayEnvelope) and envelope.content_crlf_only,
         )
+        refused = envelope.refused if isinstance(envelope, RelayEnvelope) else None
+        if refused is not None:
+            return str(self._pipeline.refuse(tx, refused.reply, size=refused.size))
         return str(await self._pipeline.handle(tx))
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
