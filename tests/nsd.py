@@ -104,9 +104,11 @@ class Nsd:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise RuntimeError(f"nsd exited: {err}{self.log()}")
             try:
-                dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
+                dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2, ignore_unexpected=True)
                 return
-            except (dns.exception.Timeout, OSError):
+            except (dns.exception.DNSException, OSError):
+                # Timeout; or BadResponse: an answer that does not match the question, seen once while
+                # NSD was starting (nothing loaded yet). Either way: not answering yet, ask again.
                 continue
         raise RuntimeError(f"nsd did not answer on port {self.port}: {self.log()}")
 
@@ -130,8 +132,8 @@ class Nsd:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
-            except (dns.exception.Timeout, OSError):
+                answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2, ignore_unexpected=True)
+            except (dns.exception.DNSException, OSError):  # as in _wait_until_answering
                 continue
             if answer.answer and answer.answer[0][0].serial == serial:
                 return
