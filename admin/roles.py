@@ -33,6 +33,8 @@ RULES: dict[str, Rule] = {
     "revalidate": Rule(_CHANGERS, "re-validate tenants' DNS (it may change their status)",
                        "accountants can see the last validation with `relay-admin tenant show`"),
     "client.add": Rule(_CHANGERS, "add clients"),
+    "client.list": Rule(_EVERYONE, "list the clients"),
+    "client.remove": Rule(_CHANGERS, "remove clients"),
     "send-test": Rule(_CHANGERS, "send a test message"),
     "key.rotate": Rule(_CHANGERS, "rotate a tenant's DKIM key",
                        "accountants can see the keys and their states with `relay-admin tenant show`"),

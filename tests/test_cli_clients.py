@@ -165,3 +165,72 @@ def test_audit_records_the_client_but_never_its_secret(cli: Cli, env: Path) -> N
                                                                          "done")
     assert "svc" in entry.detail and "192.0.2.0/24" in entry.detail
     assert secret not in entry.detail
+
+
+# ------------------------------------------------------------------ client list and client remove
+
+
+def test_list_shows_every_client_without_a_secret_and_changes_nothing(cli: Cli, env: Path) -> None:
+    added = json.loads(cli("client", "add", "reports", "--all-tenants", "--as", OWNER, "--json").out)
+    before = state(env)
+    text = cli("client", "list", "--as", ACCOUNTANT)  # reading is for every role
+    listed = cli("client", "list", "--as", ACCOUNTANT, "--json")
+    assert text.code == listed.code == 0, (text.err, listed.err)
+    lines = text.out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["legacy", "reports"]
+    assert lines[0].startswith("legacy: tenants acme; networks 10.9.0.0/16; added ")
+    assert lines[1].startswith("reports: all tenants; networks none; added ")
+    data = json.loads(listed.out)
+    assert [(c["client"], c["all_tenants"], c["tenants"], c["networks"]) for c in data] == [
+        ("legacy", False, ["acme"], ["10.9.0.0/16"]), ("reports", True, [], [])]
+    assert all(set(c) == {"client", "all_tenants", "tenants", "networks", "created_at"} for c in data)
+    hashed = stored_client(env, "reports").secret_hash
+    assert added["secret"] not in text.out + listed.out and hashed not in text.out + listed.out
+    assert state(env).without_audit() == before.without_audit()
+
+
+def test_a_scoped_user_lists_and_removes_only_clients_of_its_own_tenants(cli: Cli, env: Path) -> None:
+    assert cli("user", "add", "sam", "--role", "admin", "--tenant", "beta", "--as", OWNER).code == 0
+    assert cli("client", "add", "beta-app", "--tenant", "beta", "--as", OWNER).code == 0
+    assert cli("client", "add", "pair", "--tenant", "acme", "beta", "--as", OWNER).code == 0
+    assert cli("client", "list", "--as", "sam").out.split(":")[0] == "beta-app"
+    before = state(env)
+    assert_one_line_error(cli("client", "remove", "pair", "--as", "sam"), 3, "only clients of those tenants")
+    assert state(env).without_audit() == before.without_audit()
+    assert cli("client", "remove", "beta-app", "--as", "sam").code == 0
+    store = open_store(env)
+    try:
+        names = [client.name for client in store.list_clients()]
+        entries = store.list_audit()[-2:]
+    finally:
+        store.close()
+    assert names == ["legacy", "pair"]
+    assert [(e.actor, e.action, e.tenant, e.outcome) for e in entries] == [
+        ("sam", "client.remove", None, "denied"), ("sam", "client.remove", "beta", "done")]
+
+
+def test_remove_takes_the_client_away_and_audits_it(cli: Cli, env: Path) -> None:
+    result = cli("client", "remove", "legacy", "--as", ADMIN)
+    assert result.code == 0, result.err
+    assert result.out.startswith("client legacy removed: its secret and networks no longer send; a running "
+                                 "relay refuses them within ")
+    assert json.loads(cli("client", "list", "--as", ADMIN, "--json").out) == []
+    store = open_store(env)
+    try:
+        entry = store.list_audit()[-1]
+    finally:
+        store.close()
+    assert (entry.actor, entry.action, entry.tenant, entry.outcome) == (ADMIN, "client.remove", "acme", "done")
+    assert entry.detail == "removed client 'legacy' (tenants acme; networks 10.9.0.0/16)"
+    assert_one_line_error(cli("client", "remove", "legacy", "--as", ADMIN), 2, "NAME: no client 'legacy'")
+
+
+@pytest.mark.parametrize(("who", "code", "words"), [(ACCOUNTANT, 3, "permission denied"),
+                                                    ("mallory", 3, "mallory"),
+                                                    (OWNER, 2, "NAME")])
+def test_remove_refused_changes_nothing(cli: Cli, env: Path, who: str, code: int, words: str) -> None:
+    name = "Legacy" if who == OWNER else "legacy"  # the owner may, but names no valid client
+    before = state(env)
+    assert_one_line_error(cli("client", "remove", name, "--as", who), code, words)
+    assert state(env).without_audit() == before.without_audit()
+    assert stored_client(env, "legacy").networks == ("10.9.0.0/16",)

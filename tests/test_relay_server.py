@@ -255,6 +255,24 @@ async def test_new_client_and_new_name_reach_a_running_relay(world: World) -> No
     assert values(world.upstream.only.data, "From") == ['"Acme Renamed" <billing@acme.test>']
 
 
+async def test_a_removed_client_is_refused_by_a_running_relay(world: World) -> None:
+    """`relay-admin client remove` (the store's delete_client): the relay refuses the secret within a reload."""
+    async with relay_running(world.settings, world.store) as relay:
+        first = await send(relay, MESSAGE, user="billing", secret=world.secrets["billing"])
+        assert world.store.delete_client("billing")
+
+        async def refused() -> bool:
+            outcome = await send(relay, MESSAGE, user="billing", secret=world.secrets["billing"])
+            return (outcome.stage, outcome.code) == ("AUTH", 535)
+
+        await eventually(refused)  # until the reload: still delivered (the poll's messages count too)
+        delivered = len(world.upstream.messages)
+        again = await send(relay, MESSAGE, user="billing", secret=world.secrets["billing"])
+    assert first.code == 250, first
+    assert (again.stage, again.code) == ("AUTH", 535), again
+    assert len(world.upstream.messages) == delivered, "nothing from the removed client after the reload"
+
+
 async def test_new_key_reaches_a_running_relay(world: World) -> None:
     [old] = world.store.list_keys("acme")
     private = dkimkeys.generate_private_key()

@@ -1,4 +1,9 @@
-"""`relay-admin client add`: SMTP credentials (and optionally source networks) for an internal service."""
+"""`relay-admin client add|list|remove`: SMTP credentials (and optionally source networks) for an internal
+service; who has them; and taking them away (a leaked secret, a retired service).
+
+A user scoped to some tenants sees and removes only clients that send for those tenants alone
+(`admin.roles.within_scope`); a client for all tenants is platform staff's.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,16 @@ from typing import Any
 
 from admin import inputs
 from admin.context import EXIT_OK, Context, UsageError
+from admin.roles import within_scope
 from admin.sendtest_client import SEND_TEST_CLIENT
 from relay.core.credentials import hash_secret, new_secret
-from relay.core.models import AuditEntry, Client
+from relay.core.models import AuditEntry, Client, User
 from relay.core.settings import Settings
 from relay.core.store import utcnow
 
 ACTION = "client.add"
+LIST = "client.list"
+REMOVE = "client.remove"
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -33,6 +41,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--network", dest="networks", action="extend", nargs="+", default=[],
                      metavar="CIDR", help="connections from here are this client without AUTH")
     add.set_defaults(handler=add_client)
+    listing = actions.add_parser("list", parents=[common], help="the clients, their tenants and networks")
+    listing.set_defaults(handler=list_clients)
+    remove = actions.add_parser("remove", parents=[common],
+                                help="take a client's credentials and networks away (the relay follows within seconds)")
+    remove.add_argument("name", metavar="NAME", help="the client's name (its SMTP AUTH user)")
+    remove.set_defaults(handler=remove_client)
 
 
 def overlap(new: list[str], taken: dict[str, str]) -> tuple[str, str, str] | None:
@@ -99,4 +113,53 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
              f"client {name} added for {scope}\n"
              f"secret (shown only once, store it now): {secret}\n"
              f"{_hint(ctx.settings, client)}")
+    return EXIT_OK
+
+
+def _visible(user: User | None, client: Client) -> bool:
+    """Whether `user` (None: bootstrap, no users yet) may see and manage `client`: a scoped user only
+    clients of its own tenants, never one for all tenants."""
+    return user is None or not user.scoped or (not client.all_tenants and within_scope(user, client.tenants))
+
+
+def _scope_words(client: Client) -> str:
+    return "all tenants" if client.all_tenants else "tenants " + ",".join(client.tenants)
+
+
+def _summary(client: Client) -> dict[str, Any]:
+    """What `client list --json` says of a client: never its secret, nor the secret's hash."""
+    return {"client": client.name, "all_tenants": client.all_tenants, "tenants": list(client.tenants),
+            "networks": list(client.networks), "created_at": client.created_at.isoformat()}
+
+
+def list_clients(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.authorize(LIST)
+    clients = [client for client in ctx.store.list_clients() if _visible(ctx.acting_user, client)]
+    lines = [f"{client.name}: {_scope_words(client)}; networks {', '.join(client.networks) or 'none'}; "
+             f"added {client.created_at:%Y-%m-%d %H:%M} UTC" for client in clients]
+    ctx.emit([_summary(client) for client in clients], "\n".join(lines) if lines else "no clients")
+    return EXIT_OK
+
+
+def remove_client(ctx: Context, args: argparse.Namespace) -> int:
+    name = inputs.identifier(args.name, "NAME", "client name")
+    actor = ctx.authorize(REMOVE)
+    client = ctx.store.get_client(name)
+    user = ctx.acting_user
+    if client is not None and not _visible(user, client):
+        ctx.deny(REMOVE, None, user=user,
+                 why="an admin of some tenants removes only clients of those tenants alone",
+                 detail=f"client {name!r} sends for {_scope_words(client)}, outside the user's scope")
+    with ctx.store.transaction():
+        if client is None or not ctx.store.delete_client(name):
+            raise UsageError(f"NAME: no client {name!r} in the store {ctx.store_location}")
+        ctx.store.add_audit(AuditEntry(
+            time=utcnow(), actor=actor, action=REMOVE,
+            tenant=client.tenants[0] if len(client.tenants) == 1 else None, outcome="done",
+            detail=f"removed client {name!r} ({_scope_words(client)}; networks {','.join(client.networks) or 'none'})",
+        ))
+    interval = ctx.settings.reload_interval
+    ctx.emit({"client": name, "removed": True},
+             f"client {name} removed: its secret and networks no longer send; a running relay refuses "
+             f"them within {interval:g}s (RELAY_RELOAD_INTERVAL), sessions already open at their next message")
     return EXIT_OK
