@@ -379,3 +379,24 @@ async def test_a_replaced_snapshot_is_freed_without_the_cycle_collector(
         assert [ref() for ref in gone] == [None] * len(gone)
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------ start-up (relay.service.main)
+
+
+def test_a_worker_starting_from_its_parents_snapshot_reads_only_changed_key_files(
+        open_stores: Callable[..., Any], keys_dir: Path) -> None:
+    """The relay's parent reads the directory once (for the banner) and each forked worker starts from it:
+    a key file unchanged on disk is not read and parsed again, one changed since is."""
+    relay, admin = open_stores(), open_stores()
+    ids = populate(admin, keys_dir, 5, private_key(0))
+    parent = Directory(relay, keys_dir=keys_dir, reload_interval=60, load_key=CountingLoader(setup=True)).load()
+    change = set_tenant(admin, keys_dir, "t0003", Sender(name="T3", email="billing@t0003.test", domain="t3.test"),
+                        actor="alice")  # meanwhile: a new domain, so a new key for t0003
+    loader = CountingLoader()
+    worker = Directory(open_stores(), keys_dir=keys_dir, reload_interval=60, load_key=loader)
+    snapshot = worker.load(parent)
+    assert loader.read == [change.key.key_file]
+    assert all(snapshot.signers[tid] is parent.signers[tid] for tid in ids if tid != "t0003")
+    assert snapshot.signer("t0003").selector == change.key.selector
+    assert snapshot.generation == admin.generation()

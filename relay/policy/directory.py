@@ -208,12 +208,14 @@ class Directory:
             return False
         return True
 
-    def load(self) -> Snapshot:
+    def load(self, previous: Snapshot | None = None) -> Snapshot:
         """Build and install a full snapshot now (blocking: the whole store is read, and every key file
-        whose identity on disk is new)."""
+        whose identity on disk is new). `previous`: a snapshot this process already holds, such as the
+        one a relay worker inherits from its parent at fork: its signers are kept for every key file
+        still the same on disk, so the keys are not read and parsed again."""
         self._attach()
         if self._store is not None:
-            self.current = self._build(self.current)
+            self.current = self._build(previous if previous is not None else self.current)
         return self.current
 
     def _build(self, previous: Snapshot) -> Snapshot:

@@ -22,7 +22,7 @@ import socket
 import sqlite3
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,7 +31,7 @@ from relay.core.logs import plural
 from relay.core.models import Role
 from relay.core.settings import Settings, SettingsError, load_settings
 from relay.core.store import Store, StoreError, StoreMissing, open_store, store_location
-from relay.policy.directory import Directory
+from relay.policy.directory import Directory, Snapshot
 from relay.policy.senders import is_loopback
 from relay.service import eventloop, metrics
 from relay.service.heap import freeze_long_lived
@@ -60,6 +60,9 @@ class StoreFacts:
     tenants: tuple[str, ...] = ()
     verified: tuple[str, ...] = ()
     clients: int = 0
+    # The directory as read for these facts: the relay process serves from it (RELAY_WORKERS=1), or each
+    # forked worker inherits it, so the keys are read and parsed once at start, not once more per worker.
+    snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
 
 def _check_creatable(path: Path) -> None:
@@ -81,7 +84,7 @@ def _facts(store: Store, settings: Settings) -> StoreFacts:
     verified = tuple(tid for tid, tenant in snapshot.tenants.items() if tenant.status.sends_as_itself)
     return StoreFacts(location=store_location(settings), exists=True, users=len(users),
                       actor=actors[0] if actors else None, tenants=tuple(snapshot.tenants),
-                      verified=verified, clients=len(snapshot.clients))
+                      verified=verified, clients=len(snapshot.clients), snapshot=snapshot)
 
 
 def check_store(settings: Settings) -> StoreFacts:
@@ -195,7 +198,7 @@ def banner(settings: Settings, address: tuple[str, int], facts: StoreFacts, *,
     return "\n".join(f"relay: {line}" for line in lines)
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> int:
+async def _serve(settings: Settings, sock: socket.socket, loaded: Snapshot | None) -> int:
     """Serve until SIGTERM or SIGINT, then stop politely."""
     stop = asyncio.Event()
     received: list[str] = []
@@ -209,7 +212,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     # A worker is forked with these blocked (see `_fork_worker`); now that they are handled, let them in.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS | {signal.SIGCHLD})
-    relay = await start_relay(settings, None, sock=sock)
+    relay = await start_relay(settings, None, sock=sock, loaded=loaded)
     freeze_long_lived()  # this process's directory and keys: never walked by a collection again
     hup = Sighup(relay, settings)
     loop.add_signal_handler(signal.SIGHUP, hup.received)
@@ -220,12 +223,13 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
     return EXIT_OK
 
 
-def serve(settings: Settings, sock: socket.socket) -> int:
-    """One relay process: its own event loop and store connection."""
-    return eventloop.run(_serve(settings, sock), settings.event_loop)
+def serve(settings: Settings, sock: socket.socket, loaded: Snapshot | None = None) -> int:
+    """One relay process: its own event loop and store connection; `loaded`: the directory read at start."""
+    return eventloop.run(_serve(settings, sock, loaded), settings.event_loop)
 
 
-def _fork_worker(settings: Settings, sock: socket.socket, parents: tuple[socket.socket, ...] = ()) -> int:
+def _fork_worker(settings: Settings, sock: socket.socket, parents: tuple[socket.socket, ...] = (),
+                 loaded: Snapshot | None = None) -> int:
     """Fork a worker; it inherits the parent's blocked signals until its event loop handles them.
 
     `parents` are sockets only the parent serves (the metrics server's): the worker closes its copies."""
@@ -233,7 +237,7 @@ def _fork_worker(settings: Settings, sock: socket.socket, parents: tuple[socket.
     if pid == 0:
         for other in parents:
             other.close()
-        os._exit(_worker(settings, sock))
+        os._exit(_worker(settings, sock, loaded))
     return pid
 
 
@@ -269,7 +273,7 @@ def _reload_parent(settings: Settings, children: set[int]) -> None:
 
 
 def supervise(settings: Settings, sock: socket.socket, server: metrics.MetricsServer | None = None,
-              metrics_dir: Path | None = None) -> int:
+              metrics_dir: Path | None = None, loaded: Snapshot | None = None) -> int:
     """Fork the workers; forward SIGTERM/SIGINT/SIGHUP to them; exit when they have all exited.
 
     A worker that dies on its own takes the others down (exit 1): a supervisor such as systemd
@@ -282,7 +286,7 @@ def supervise(settings: Settings, sock: socket.socket, server: metrics.MetricsSe
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     parents = (server.socket,) if server is not None else ()
     freeze_long_lived()  # the workers' collections never touch (and so never copy) the parent's pages
-    children = {_fork_worker(settings, sock, parents) for _ in range(settings.workers)}
+    children = {_fork_worker(settings, sock, parents, loaded) for _ in range(settings.workers)}
     sock.close()  # the workers hold the listener; when they close theirs on stop, it is closed
     if server is not None:
         server.start()
@@ -316,10 +320,10 @@ def supervise(settings: Settings, sock: socket.socket, server: metrics.MetricsSe
     return code
 
 
-def _worker(settings: Settings, sock: socket.socket) -> int:
+def _worker(settings: Settings, sock: socket.socket, loaded: Snapshot | None) -> int:
     """A forked worker: its own event loop and store connection; never returns into the parent's code."""
     try:
-        return serve(settings, sock)
+        return serve(settings, sock, loaded)
     except BaseException as exc:  # os._exit follows: say why in one line instead of a lost traceback
         logs.line(f"worker {os.getpid()} failed: {type(exc).__name__}: {exc}", log_format=settings.log_format,
                   stream=sys.stderr, level="ERROR", logger=log.name)
@@ -354,7 +358,9 @@ def main() -> int:
     for line in banner(settings, (str(host), int(port)), facts, metrics_address=metrics_address).splitlines():
         logs.line(line.removeprefix("relay: "), log_format=settings.log_format, stream=sys.stdout, logger=log.name)
     if metrics_sock is None:
-        return serve(settings, sock) if settings.workers == 1 else supervise(settings, sock)
+        if settings.workers == 1:
+            return serve(settings, sock, facts.snapshot)
+        return supervise(settings, sock, loaded=facts.snapshot)
     # Every worker's counts in one scrape: prometheus-client's multiprocess mode, set up before any
     # worker exists, the directory removed when the relay exits.
     metrics_dir = metrics.enable_multiprocess()
@@ -363,8 +369,8 @@ def main() -> int:
     try:
         if settings.workers == 1:
             server.start()
-            return serve(settings, sock)
-        return supervise(settings, sock, server, metrics_dir)
+            return serve(settings, sock, facts.snapshot)
+        return supervise(settings, sock, server, metrics_dir, facts.snapshot)
     finally:
         server.close()
         metrics.disable_multiprocess(metrics_dir)

@@ -87,8 +87,8 @@ class MeteredDirectory(Directory):
         self._seen: object = None  # the snapshot last observed
         self._unusable: dict[str, float] = {}
 
-    def load(self) -> Snapshot:
-        snapshot = super().load()
+    def load(self, previous: Snapshot | None = None) -> Snapshot:
+        snapshot = super().load(previous)
         self.observe()
         return snapshot
 

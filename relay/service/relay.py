@@ -16,7 +16,7 @@ from relay.core.logs import plural
 from relay.core.metrics import Metrics
 from relay.core.settings import Settings
 from relay.core.store import Store, open_store
-from relay.policy.directory import Directory
+from relay.policy.directory import Directory, Snapshot
 from relay.policy.rdns import ReverseDns
 from relay.service.metrics import MeteredDirectory
 from relay.service.revalidator import Revalidator
@@ -144,20 +144,21 @@ class RunningRelay:
 
 async def start_relay(
     settings: Settings, store: Store | None, *, sock: socket.socket | None = None, upstream: Upstream | None = None,
-    revalidate_tick: float | None = None, metrics: Metrics | None = None,
+    revalidate_tick: float | None = None, metrics: Metrics | None = None, loaded: Snapshot | None = None,
 ) -> RunningRelay:
     """Load the directory, then listen on `sock` (inherited from a parent) or on `settings.listen`.
 
     With `store=None` the relay opens RELAY_DATABASE itself, never creating it: while it does not exist
     the relay serves no client and its reloader keeps looking for it. The revalidator always opens its
     own connection to RELAY_DATABASE; `revalidate_tick` overrides its tick (tests). Everything counts
-    into `metrics` (a fresh `Metrics` by default).
+    into `metrics` (a fresh `Metrics` by default). `loaded`: the directory as the parent process read it
+    before forking this worker (relay.service.main): its keys are not read again unless changed on disk.
     """
     quiet_aiosmtpd_log()
     metrics = metrics if metrics is not None else Metrics()
     directory = MeteredDirectory(store, keys_dir=settings.keys_dir, reload_interval=settings.reload_interval,
                                  opener=lambda: open_store(settings, create=False), metrics=metrics)
-    await asyncio.to_thread(directory.load)
+    await asyncio.to_thread(directory.load, loaded)
     own: Upstream | None = None  # made here from the settings (not handed in): pooled, closed on close()
     if upstream is None:
         upstream = own = make_upstream(settings, pooled=True)
