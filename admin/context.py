@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
@@ -45,9 +46,19 @@ class CliError(Exception):
 
 
 class UsageError(CliError):
-    """Bad input or usage: name the field and the problem in one line."""
+    """Bad input or usage: name the field and the problem in one line.
+
+    `code` (e.g. `email_has_name`) and `params` (its values, already rendered as the line shows them)
+    let the web page say the same in its own language; the line itself is what the CLI prints.
+    """
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 params: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.params: dict[str, str] = dict(params or {})
 
 
 class TenantNotFound(UsageError):

@@ -2,6 +2,8 @@
 
 Every message starts with the field as the user typed it (`--email: ...`, `TENANT: ...`) and shows the
 offending value with `repr`, so control characters are escaped and the message stays on one line.
+Each error also carries a stable `code` and its `params` (the same rendered values the line shows),
+so the settings page can say it in Dutch or French; the English line stays the CLI's.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from functools import lru_cache
@@ -41,8 +44,22 @@ _NAME_ADDR = re.compile(r"(.*)<([^<>]*)>\s*")
 MAX_LABEL = 63  # RFC 1035 2.3.4
 
 
-def _fail(field: str, problem: str) -> UsageError:
-    return UsageError(f"{field}: {problem}")
+@dataclass(frozen=True)
+class _Why:
+    """A refusal before its field is named: the CLI's words, and the code and values for a page."""
+
+    text: str
+    code: str
+    params: dict[str, str]
+
+
+def _fail(field: str, problem: str, code: str, **params: str) -> UsageError:
+    """`FIELD: problem` for the CLI; `code` and `params` (rendered as in `problem`) for the page."""
+    return UsageError(f"{field}: {problem}", code=code, params=params)
+
+
+def _fail_why(field: str, why: _Why) -> UsageError:
+    return _fail(field, why.text, why.code, **why.params)
 
 
 def identifier(value: str, field: str, what: str) -> str:
@@ -52,6 +69,7 @@ def identifier(value: str, field: str, what: str) -> str:
             field,
             f"{value!r} is not a valid {what} (1-63 characters: a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit)",
+            code="identifier_invalid", value=repr(value), what=what,
         )
     return value
 
@@ -70,29 +88,41 @@ def display_name(value: str, field: str = "--name") -> str:
     """The From display name: any text without line breaks or control characters, at most 100."""
     char = _control_char(value)
     if char is not None:
-        raise _fail(field, f"contains the control character U+{ord(char):04X}; use plain text")
+        code_point = f"U+{ord(char):04X}"
+        raise _fail(field, f"contains the control character {code_point}; use plain text",
+                    code="name_control_char", char=code_point)
     name = value.strip()
     if not name:
-        raise _fail(field, "must not be empty")
+        raise _fail(field, "must not be empty", code="empty")
     if len(name) > MAX_DISPLAY_NAME:
-        raise _fail(field, f"is {len(name)} characters long; at most {MAX_DISPLAY_NAME}")
+        raise _fail(field, f"is {len(name)} characters long; at most {MAX_DISPLAY_NAME}",
+                    code="name_too_long", length=str(len(name)), max=str(MAX_DISPLAY_NAME))
     if _ENCODED_WORD.search(name):
         # RFC 2047: a receiver would decode it, so the name shown would not be the one typed (and
         # could hold what is refused above: `=?utf-8?b?4oCu...?=` is U+202E).
-        raise _fail(field, f"{value!r} looks like MIME-encoded text (RFC 2047); type the name itself"
-                           f"{_decoded_hint(name)}")
+        raise _fail_why(field, _encoded_name(value, name))
     return name
 
 
-def _decoded_hint(name: str) -> str:
-    """`, e.g. 'Société'`: what the encoded text says, when that is itself an acceptable name."""
+def _encoded_name(value: str, name: str) -> _Why:
+    """MIME-encoded text typed as a name: with what it says, when that is itself an acceptable name."""
+    text = f"{value!r} looks like MIME-encoded text (RFC 2047); type the name itself"
+    decoded = _decoded(name)
+    if decoded is None:
+        return _Why(text, code="name_encoded", params={"value": repr(value)})
+    return _Why(f"{text}, e.g. {decoded!r}", code="name_encoded_example",
+                params={"value": repr(value), "example": repr(decoded)})
+
+
+def _decoded(name: str) -> str | None:
+    """What the encoded text says (`Société`), when that is itself an acceptable name; else None."""
     try:
         decoded = str(make_header(decode_header(name))).strip()
     except (ValueError, LookupError, UnicodeError, HeaderParseError):
-        return ""
+        return None
     clean = (decoded and len(decoded) <= MAX_DISPLAY_NAME and _control_char(decoded) is None
              and not _ENCODED_WORD.search(decoded))
-    return f", e.g. {decoded!r}" if clean else ""
+    return decoded if clean else None
 
 
 def _printable(exc: Exception) -> str:
@@ -103,9 +133,12 @@ def _printable(exc: Exception) -> str:
 
 def _char(char: str) -> str:
     """A character as a message shows it: itself when printable, always its code point."""
+    return "a space" if char == " " else _code_point(char)
+
+
+def _code_point(char: str) -> str:
+    """`'!' (U+0021)`, or `U+0009` when not printable: the same in every language (a page's params)."""
     code = f"U+{ord(char):04X}"
-    if char == " ":
-        return "a space"
     return f"{char!r} ({code})" if char.isprintable() else code
 
 
@@ -117,21 +150,30 @@ def _example(candidate: str | None) -> str:
         return "acme.nl"
 
 
-def _domain_hint(text: str, value: str) -> str | None:
+def _domain_hint(text: str, value: str) -> _Why | None:
     """The usual things pasted instead of a bare domain, each with the domain to give instead."""
     only = "give only the domain, e.g."
+    shown = repr(value)
     if "://" in text or "/" in text:
-        host = urlsplit(text if "://" in text else "//" + text).hostname
-        return f"{value!r} is a web address (URL); {only} {_example(host)}"
+        example = _example(urlsplit(text if "://" in text else "//" + text).hostname)
+        return _Why(f"{shown} is a web address (URL); {only} {example}", code="domain_is_url",
+                    params={"value": shown, "example": example})
     if "@" in text:
-        return f"{value!r} is an e-mail address; {only} {_example(text.rpartition('@')[2])}"
+        example = _example(text.rpartition("@")[2])
+        return _Why(f"{shown} is an e-mail address; {only} {example}", code="domain_is_email",
+                    params={"value": shown, "example": example})
     port = _PORT.fullmatch(text)
     if port:
-        return f"{value!r} has a port; {only} {_example(port.group(1))}"
+        example = _example(port.group(1))
+        return _Why(f"{shown} has a port; {only} {example}", code="domain_has_port",
+                    params={"value": shown, "example": example})
     for char in text:
         # Cf (ZWJ, ZWNJ) stays for IDNA to judge: some scripts need it (RFC 5892 Appendix A).
         if char.isspace() or unicodedata.category(char) in ("Cc", "Cs"):
-            return f"{value!r} contains {_char(char)}; a domain name has no spaces or control characters"
+            line = f"{shown} contains {_char(char)}; a domain name has no spaces or control characters"
+            if char == " ":  # "a space" in words: a page says it in its own
+                return _Why(line, code="domain_has_space", params={"value": shown})
+            return _Why(line, code="domain_has_control", params={"value": shown, "char": _code_point(char)})
     return None
 
 
@@ -156,31 +198,44 @@ def _valid_label(label: str) -> bool:
         return False
 
 
-def _label_problem(label: str) -> str:
+def _label_problem(value: str, label: str) -> _Why:
     """Why one part between dots is refused, in words (IDNA 2008, RFC 5891 4.2.3)."""
+    shown = repr(value)
     if not label:
-        return "has an empty part (two dots in a row, or a dot at the start)"
+        return _Why(f"{shown} has an empty part (two dots in a row, or a dot at the start)",
+                    code="domain_empty_label", params={"value": shown})
     if len(label) > MAX_LABEL:
-        return f"has a part longer than {MAX_LABEL} characters ({label[:20]!r}...)"
+        start = repr(label[:20])
+        return _Why(f"{shown} has a part longer than {MAX_LABEL} characters ({start}...)",
+                    code="domain_label_too_long",
+                    params={"value": shown, "label": start, "max": str(MAX_LABEL)})
+    part = {"value": shown, "label": repr(label)}
     if label.startswith("-") or label.endswith("-"):
-        return f"has a part that starts or ends with '-' ({label!r})"
+        return _Why(f"{shown} has a part that starts or ends with '-' ({label!r})",
+                    code="domain_label_hyphen", params=part)
     if label.lower().startswith("xn--"):
-        return f"has a part starting with 'xn--' that is not a valid encoded name ({label!r})"
+        return _Why(f"{shown} has a part starting with 'xn--' that is not a valid encoded name "
+                    f"({label!r})", code="domain_label_bad_xn", params=part)
     if label[2:4] == "--":
-        return f"has '--' as 3rd and 4th character ({label!r}); only encoded names (xn--) may"
-    return (f"has a part whose characters cannot stand together ({label!r}), such as left-to-right "
-            "and right-to-left letters, or a joiner or mark out of place")
+        return _Why(f"{shown} has '--' as 3rd and 4th character ({label!r}); only encoded names "
+                    "(xn--) may", code="domain_label_double_hyphen", params=part)
+    return _Why(f"{shown} has a part whose characters cannot stand together ({label!r}), such as "
+                "left-to-right and right-to-left letters, or a joiner or mark out of place",
+                code="domain_label_mixed", params=part)
 
 
-def _idna_problem(text: str, value: str) -> str:
+def _idna_problem(text: str, value: str) -> _Why:
     """The IDNA library's refusal in plain words: the offending character, else the offending part."""
+    shown = repr(value)
     for char in text:
         if char != "." and not _allowed_somewhere(char):
-            return f"{value!r} contains {_char(char)}, which a domain name cannot have"
+            return _Why(f"{shown} contains {_char(char)}, which a domain name cannot have",
+                        code="domain_bad_char", params={"value": shown, "char": _code_point(char)})
     for label in text.split("."):
         if not _valid_label(label):
-            return f"{value!r} {_label_problem(label)}"
-    return f"{value!r} is not a valid domain name"  # each part is fine alone, the whole is not
+            return _label_problem(value, label)
+    # Each part is fine alone, the whole is not (too long, or right-to-left rules across parts).
+    return _Why(f"{shown} is not a valid domain name", code="domain_invalid", params={"value": shown})
 
 
 def domain(value: str, field: str = "--domain") -> str:
@@ -188,25 +243,31 @@ def domain(value: str, field: str = "--domain") -> str:
     text = value.strip(" ")  # spaces around a pasted value are noise, not part of the name
     text = text[:-1] if text.endswith(".") else text
     if not text:
-        raise _fail(field, "must not be empty")
+        raise _fail(field, "must not be empty", code="empty")
     hint = _domain_hint(text, value)
     if hint:
-        raise _fail(field, hint)
+        raise _fail_why(field, hint)
     if "" in text.split("."):  # IDNA would take "acme.nl.." as "acme.nl." and say nothing useful
-        raise _fail(field, f"{value!r} {_label_problem('')}")
+        raise _fail_why(field, _label_problem(value, ""))
     try:
         ascii_name = idna.encode(text, uts46=True, std3_rules=True).decode("ascii")
     except (idna.IDNAError, UnicodeError):
-        raise _fail(field, _idna_problem(text, value)) from None
+        raise _fail_why(field, _idna_problem(text, value)) from None
+    shown = repr(value)
     labels = ascii_name.split(".")
     if len(labels) < 2:
-        raise _fail(field, f"{value!r} needs at least two parts separated by a dot, like acme.nl")
+        raise _fail(field, f"{shown} needs at least two parts separated by a dot, like acme.nl",
+                    code="domain_one_label", value=shown)
     if labels[-1].isdigit():  # RFC 3696 2: a top-level domain is never all-numeric (an IP address)
-        raise _fail(field, f"{value!r} is an IP address, not a domain name")
+        raise _fail(field, f"{shown} is an IP address, not a domain name", code="domain_is_ip",
+                    value=shown)
+    # The last two are a safety net: IDNA already refuses what they would (kept in case it changes).
     if not all(_LDH_LABEL.fullmatch(label) for label in labels):
-        raise _fail(field, f"{value!r}: each part between dots must be letters, digits and '-'")
+        raise _fail(field, f"{shown}: each part between dots must be letters, digits and '-'",
+                    code="domain_not_ldh", value=shown)
     if len(ascii_name) > MAX_DOMAIN:
-        raise _fail(field, f"{value!r} is longer than {MAX_DOMAIN} characters")
+        raise _fail(field, f"{shown} is longer than {MAX_DOMAIN} characters", code="domain_too_long",
+                    value=shown, max=str(MAX_DOMAIN))
     return ascii_name
 
 
@@ -225,6 +286,7 @@ def sender_domain(value: str, field: str = "--domain") -> str:
         raise _fail(
             field,
             f"{value!r} is too long: the DKIM record name below it would exceed {MAX_DOMAIN} characters",
+            code="domain_too_long_for_dkim", value=repr(value), max=str(MAX_DOMAIN),
         )
     return name
 
@@ -232,36 +294,48 @@ def sender_domain(value: str, field: str = "--domain") -> str:
 def email(value: str, field: str = "--email") -> str:
     """`local@domain`: RFC 5321 dot-atom local part (ASCII, kept as typed), domain as A-labels."""
     _no_display_name(value, field)
+    shown = repr(value)
     local, at, host = value.rpartition("@")
     if not at or not local or not host:
-        raise _fail(field, f"{value!r} is not an e-mail address (local@domain)")
+        raise _fail(field, f"{shown} is not an e-mail address (local@domain)",
+                    code="email_not_address", value=shown)
     if not _DOT_ATOM.fullmatch(local):
         raise _fail(
             field,
-            f"{value!r}: the part before '@' must be ASCII letters, digits or !#$%&'*+/=?^_`{{|}}~- "
+            f"{shown}: the part before '@' must be ASCII letters, digits or !#$%&'*+/=?^_`{{|}}~- "
             "in dot-separated parts (RFC 5321 4.1.2)",
+            code="email_local_chars", value=shown,
         )
     if len(local) > MAX_LOCAL_PART:
-        raise _fail(field, f"{value!r}: the part before '@' is longer than {MAX_LOCAL_PART} characters")
+        raise _fail(field, f"{shown}: the part before '@' is longer than {MAX_LOCAL_PART} characters",
+                    code="email_local_too_long", value=shown, max=str(MAX_LOCAL_PART))
     host_ascii = domain(host, field)
     address = f"{local}@{host_ascii}"
     if len(address) > MAX_ADDRESS:
-        raise _fail(field, f"{value!r} is longer than {MAX_ADDRESS} characters")
+        raise _fail(field, f"{shown} is longer than {MAX_ADDRESS} characters", code="email_too_long",
+                    value=shown, max=str(MAX_ADDRESS))
     return address
 
 
 def _no_display_name(value: str, field: str) -> None:
     """A name or `mailto:` pasted with the address: say where each part goes instead."""
     pasted = _NAME_ADDR.fullmatch(value)
-    if pasted and pasted.group(1).strip(' "'):
-        name = "put the name in --name and " if field == "--email" else ""
-        raise _fail(field, f"{value!r} has a name in it; {name}give only the address in {field}, "
-                           f"e.g. {pasted.group(2).strip()!r}")
+    shown = repr(value)
     if pasted:
-        raise _fail(field, f"{value!r}: give the address without '<' and '>', "
-                           f"e.g. {pasted.group(2).strip()!r}")
+        example = repr(pasted.group(2).strip())
+        if pasted.group(1).strip(' "'):
+            # The sender's own form has a Name field to put it in; another address (--to) has none.
+            sender = field == "--email"
+            name = "put the name in --name and " if sender else ""
+            raise _fail(field, f"{shown} has a name in it; {name}give only the address in {field}, "
+                               f"e.g. {example}", code="email_has_name" if sender else "address_has_name",
+                        value=shown, example=example)
+        raise _fail(field, f"{shown}: give the address without '<' and '>', e.g. {example}",
+                    code="email_angle_brackets", value=shown, example=example)
     if value.lower().startswith("mailto:"):
-        raise _fail(field, f"{value!r}: give the address without 'mailto:', e.g. {value[7:]!r}")
+        example = repr(value[7:])
+        raise _fail(field, f"{shown}: give the address without 'mailto:', e.g. {example}",
+                    code="email_mailto", value=shown, example=example)
 
 
 def email_within_domain(address: str, sender_domain_: str, field: str = "--email") -> None:
@@ -271,6 +345,7 @@ def email_within_domain(address: str, sender_domain_: str, field: str = "--email
         raise _fail(
             field,
             f"the address's domain {host!r} is not {sender_domain_!r} or a name below it",
+            code="email_outside_domain", host=repr(host), domain=repr(sender_domain_),
         )
 
 
@@ -278,11 +353,13 @@ def return_path_label(value: str, field: str = "--return-path") -> str:
     """One LDH label (RFC 1035 2.3.1) below the domain, clear of the names DKIM and DMARC use."""
     label = value.lower()
     if label == "_dmarc" or label.endswith("_domainkey"):
-        raise _fail(field, f"{value!r} is reserved for DMARC/DKIM records; choose another label")
+        raise _fail(field, f"{value!r} is reserved for DMARC/DKIM records; choose another label",
+                    code="return_path_reserved", value=repr(value))
     if not _LDH_LABEL.fullmatch(label):
         raise _fail(
             field,
             f"{value!r} is not a single DNS label (1-63 characters: letters, digits, '-' inside; no dots)",
+            code="return_path_not_label", value=repr(value),
         )
     return label
 
@@ -292,7 +369,8 @@ def return_path_clear_of_address(label: str, address: str, sender_domain_: str,
     """The return-path CNAME must stand alone (RFC 1034 3.6.2), so it cannot be the mail domain."""
     host = f"{label}.{sender_domain_}"
     if address.rpartition("@")[2] == host:
-        raise _fail(field, f"{host!r} is the address's own domain; choose another label")
+        raise _fail(field, f"{host!r} is the address's own domain; choose another label",
+                    code="return_path_is_address_domain", host=repr(host))
 
 
 def network(value: str, field: str = "--network") -> str:
@@ -300,4 +378,6 @@ def network(value: str, field: str = "--network") -> str:
     try:
         return str(ipaddress.ip_network(value.strip(), strict=True))
     except ValueError as exc:
-        raise _fail(field, f"{_printable(exc)} (use CIDR form, e.g. 10.1.0.0/16)") from None
+        detail = _printable(exc)
+        raise _fail(field, f"{detail} (use CIDR form, e.g. 10.1.0.0/16)", code="network_invalid",
+                    detail=detail) from None

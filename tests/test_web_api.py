@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -67,9 +68,12 @@ def auth(site: Site, user: str) -> dict[str, str]:
 
 
 def error(response: httpx.Response) -> dict[str, Any]:
+    """The error's field and message; a `code` beside them (422 from an input check) must be a word."""
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"field", "message"}, body
-    detail: dict[str, Any] = body["error"]
+    assert set(body) == {"error"} and set(body["error"]) - {"code"} == {"field", "message"}, body
+    detail: dict[str, Any] = dict(body["error"])
+    code = detail.pop("code", "")
+    assert isinstance(code, str) and re.fullmatch(r"[a-z_]*", code), body
     return detail
 
 

@@ -222,8 +222,9 @@ def test_errors_show_beside_the_field_that_is_wrong(driver: Any, server: AdminSe
     # "Fout:" first, for screen readers only (visually hidden)
     lead, beside = element(driver, "#email-error").text.split("\n")
     assert lead == "Fout:"
-    assert beside.startswith("Dit e-mailadres kan niet: 'Acme <info@acme.test>' has a name in it")
-    assert "--" not in beside and "“Naam”" in beside  # the page's words, not the CLI's options
+    # The whole explanation in Dutch, with the page's field names (not the CLI's English and options)
+    assert beside.startswith("Dit e-mailadres kan niet: 'Acme <info@acme.test>' bevat een naam; zet de naam bij")
+    assert "--" not in beside and "“Naam”" in beside and "has a name" not in beside
     assert "email-error" in email.get_attribute("aria-describedby")
     assert element(driver, "#domain-error").text == "Fout:\nVul het domein in"
     assert not elements(driver, "#name-error")

@@ -68,7 +68,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("no valid token (`WWW-Authenticate: Bearer`)"),
     404: _error("no such tenant, or one outside the caller's scope (the same answer)"),
     403: _error("the caller's role may not do this (audited)"),
-    422: _error("bad input: `field` names it, `message` is the CLI's one line"),
+    422: _error("bad input: `field` names it, `message` is the CLI's one line, `code` (if given) "
+                "a stable code for the problem"),
 }
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"], responses=ERRORS)

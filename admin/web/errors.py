@@ -5,14 +5,15 @@
     ├── 403  the role may not, or a form without its CSRF token; audited
     ├── 404  an unknown tenant, or one outside the acting user's scope (the same answer)
     ├── 409  the tenant cannot do this now (a rotation already under way)
-    ├── 422  bad input: the field and the CLI's one line
+    ├── 422  bad input: the field, the CLI's one line and (from admin.inputs) its code
     ├── 429  too many failed sign-ins: wait
     └── 503  the store or the keys directory cannot be used; details only in the server's log
 
-The API renders them as `{"error": {"field": ..., "message": ...}}`, the page as an HTML page in its
-language. The admin services raise the CLI's errors (`admin.context`); `from_cli` maps them here, so
-the statuses follow the services' order: 404, then 403, then 422. Messages never carry internals:
-an unknown tenant is named without the store's path, a storage failure without file names.
+The API renders them as `{"error": {"field": ..., "message": ...}}` (plus `"code"` when the input
+check gave one, e.g. `email_has_name`), the page as an HTML page in its language. The admin services
+raise the CLI's errors (`admin.context`); `from_cli` maps them here, so the statuses follow the
+services' order: 404, then 403, then 422. Messages never carry internals: an unknown tenant is named
+without the store's path, a storage failure without file names.
 """
 
 from __future__ import annotations
@@ -49,13 +50,16 @@ class WebError(Exception):
     field: str | None = None
     headers: dict[str, str] = dataclass_field(default_factory=dict)
     reason: str = ""  # a kind the page explains in its own words: "csrf"
+    code: str | None = None  # an input check's stable code (admin.inputs), for clients that translate
 
     def __str__(self) -> str:
         return self.message
 
     def json(self) -> JSONResponse:
-        return JSONResponse({"error": {"field": self.field, "message": self.message}},
-                            status_code=self.status, headers=self.headers)
+        detail: dict[str, str | None] = {"field": self.field, "message": self.message}
+        if self.code is not None:  # additive: an error without a code keeps the SPEC's two keys
+            detail["code"] = self.code
+        return JSONResponse({"error": detail}, status_code=self.status, headers=self.headers)
 
 
 def unauthorized() -> WebError:
@@ -81,9 +85,9 @@ def split_field(message: str) -> tuple[str | None, str]:
 
 
 def invalid(exc: UsageError) -> WebError:
-    """A 422 naming the field, with the CLI's one line as the message."""
+    """A 422 naming the field, with the CLI's one line as the message (and its code, if any)."""
     field_name, _ = split_field(str(exc))
-    return WebError(422, str(exc), field_name)
+    return WebError(422, str(exc), field_name, code=exc.code)
 
 
 def is_unknown_tenant(exc: UsageError) -> bool:

@@ -1,7 +1,8 @@
 """The settings page's languages: Dutch by default, English and French, chosen by `?lang=` or the browser.
 
 The texts live in `locales/<lang>.json`, one flat object of `str.format` templates per language, with
-the same keys in each (a test holds them to it). Messages and diagnoses that come from the admin
+the same keys in each (a test holds them to it). An input error from `admin.inputs` carries a code
+and its values, and is said with `input.<code>`. Other messages and diagnoses that come from the admin
 services stay in English, as the CLI prints them; the page puts a translated lead-in before them and
 marks them `lang="en"` so a screen reader pronounces them right.
 """

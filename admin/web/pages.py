@@ -35,7 +35,7 @@ from admin.web.i18n import LANGUAGE_NAMES, LANGUAGES, Translator, negotiate
 from admin.web.security import safe_next, same_token
 from admin.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, SignedIn
 from admin.web.state import WebState, context_for, web_state
-from admin.web.views import page_words, settings_view
+from admin.web.views import page_words, problem_words, settings_view
 from relay.core.store import StoreError, utcnow
 from relay.domains.validation import COULD_NOT_CHECK, ValidationReport
 
@@ -101,7 +101,8 @@ class Page:
             t=t, lang=self.lang, url=self.url, user=user,
             csrf=self.signed.session.csrf_token if self.signed else "",
             languages=self.language_links(), lang_param=self.lang if self.explicit else "",
-            page_words=lambda text: page_words(text, t), **values)
+            page_words=lambda text: page_words(text, t),
+            problem_words=lambda problem: problem_words(problem, t), **values)
         return HTMLResponse(html, status_code=status, headers=headers)
 
 

@@ -27,6 +27,9 @@ class ErrorDetail(BaseModel):
     field: str | None = Field(description="the input field at fault (name, email, domain, return_path, "
                                           "tenant, lang), or null")
     message: str = Field(description="one line; for 422 the CLI's own message")
+    code: str | None = Field(default=None, description="422 only, when the input check has one: a "
+                                                       "stable code for the problem (e.g. email_has_name), "
+                                                       "for clients that show it in their own words")
 
 
 class ErrorBody(BaseModel):

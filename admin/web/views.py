@@ -8,31 +8,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import field as dataclass_field  # in a class with a `field` attribute
 from datetime import datetime
 
 from admin import inputs, services
 from admin.context import Context, UsageError
 from admin.roles import may
 from admin.web.errors import split_field
+from admin.web.i18n import Translator
 from relay.core.models import CheckResult, KeyState, Tenant
 from relay.core.store import utcnow
 from relay.domains.records import DnsRecord, human_time, removable
 
 NEW = "new"  # the status shown for a tenant that has no sender yet (only unscoped admins see it)
+FORM_FIELDS = ("name", "email", "domain")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One refused input: the field it is about ("" when none of the form's) and the CLI's words."""
+    """One refused input: the field it is about ("" when none of the form's), the CLI's words, and
+    the input check's code and values, from which the page says it in its own language."""
 
     field: str
     detail: str  # the CLI's message without its field prefix
     message: str  # the CLI's whole line
+    code: str | None = None
+    params: dict[str, str] = dataclass_field(default_factory=dict)
 
     @classmethod
     def of(cls, exc: UsageError) -> "Problem":
         name, detail = split_field(str(exc))
-        return cls(name if name in ("name", "email", "domain") else "", detail, str(exc))
+        return cls(name if name in FORM_FIELDS else "", detail, str(exc), exc.code, exc.params)
+
+    @property
+    def empty(self) -> bool:
+        """A field left empty: the page asks for it ("Vul de naam in") instead of explaining."""
+        return self.code == "empty" or self.detail == "must not be empty"
 
 
 @dataclass(frozen=True)
@@ -89,9 +100,30 @@ class SettingsView:
 
 def page_words(text: str, label: Callable[[str], str]) -> str:
     """The CLI's words on the page: an option (`--email`) becomes the field's label ("E-mail address")."""
-    for name in ("name", "email", "domain"):
-        text = text.replace(f"--{name}", f"\u201c{label('field.' + name)}\u201d")
+    for name in FORM_FIELDS:
+        text = text.replace(f"--{name}", _quoted_label(name, label))
     return text
+
+
+def _quoted_label(name: str, label: Callable[[str], str]) -> str:
+    return f"\u201c{label('field.' + name)}\u201d"
+
+
+def problem_words(problem: Problem, t: Translator) -> str | None:
+    """The problem in the page's language (`input.<code>`), or None: the page then shows the CLI's
+    English words instead, marked lang="en" (an error without a code, or a text not written yet).
+
+    The values were rendered by the input check (`repr`: control characters escaped); the result is
+    plain text that the template autoescapes like any other.
+    """
+    key = f"input.{problem.code}"
+    if problem.code is None or not t.has(key):
+        return None
+    labels = {f"{name}_field": _quoted_label(name, t) for name in FORM_FIELDS}
+    try:
+        return t(key, **(labels | problem.params))
+    except (KeyError, IndexError):  # a text asking for a value this error does not carry
+        return None
 
 
 def readable_email(address: str) -> str:
