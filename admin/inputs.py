@@ -293,6 +293,8 @@ def sender_domain(value: str, field: str = "--domain") -> str:
 
 def email(value: str, field: str = "--email") -> str:
     """`local@domain`: RFC 5321 dot-atom local part (ASCII, kept as typed), domain as A-labels."""
+    if not value.strip():  # as for the name and the domain: asked for, not explained (the page's "Vul ... in")
+        raise _fail(field, "must not be empty", code="empty")
     _no_display_name(value, field)
     shown = repr(value)
     local, at, host = value.rpartition("@")

@@ -97,6 +97,7 @@ CASES = [
          "--email: '<info@acme.test>': give the address without '<' and '>', e.g. 'info@acme.test'"),
     Case(lambda: inputs.email("mailto:info@acme.test"), "email_mailto",
          "--email: 'mailto:info@acme.test': give the address without 'mailto:', e.g. 'info@acme.test'"),
+    Case(lambda: inputs.email(" "), "empty", "--email: must not be empty"),  # the page asks: "Vul het e-mailadres in"
     Case(lambda: inputs.email("not an address"), "email_not_address",
          "--email: 'not an address' is not an e-mail address (local@domain)"),
     Case(lambda: inputs.email("jan jansen@acme.test"), "email_local_chars",
