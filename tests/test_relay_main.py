@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import smtplib
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,7 +18,11 @@ import pytest
 
 from relay.core.models import TenantStatus
 from relay.core.settings import Upstream
-from relay.core.store import SqliteStore
+from relay.core.store import SqliteStore, open_store
+import relay.service.main as main_module
+from relay.core.settings import load_settings
+from relay.mail.signer import DkimSigner
+from relay.policy.directory import Snapshot
 from relay.service.main import banner, check_store
 from tests.conftest import CliResult
 from tests.factories import make_tenant
@@ -198,3 +203,51 @@ def test_relay_without_a_store_creates_none_and_picks_it_up_once_created(tmp_pat
         relay.wait_line("directory reloaded: store opened")
         assert relay.stop() == 0
     assert len([line for line in relay.lines() if "no store at" in line]) == 1
+
+
+# ------------------------------------------------------------------ the directory read once at start
+
+
+class _Handed(Exception):
+    """Raised by a stand-in for start_relay once it has seen what it was handed."""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_directory_read_for_the_banner_is_what_the_relay_serves_from(
+        relay_env: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
+    """The parent reads the store and keys once (check_store); the one relay process, or every forked worker,
+    starts from that snapshot (relay.policy.directory.Directory.load: unchanged key files are not read again)."""
+    assert cli("user", "add", "alice", "--role", "owner").code == 0
+    settings = load_settings()  # what main() reads: the environment relay_env set
+    store = open_store(settings)
+    make_tenant(store, settings, "acme", status=TenantStatus.VERIFIED)
+    store.close()
+    monkeypatch.setenv("RELAY_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("RELAY_WORKERS", workers)
+    handed: list[object] = []
+    serve = main_module.serve
+
+    def serving(settings: object, sock: socket.socket, loaded: object = None) -> int:
+        sock.close()
+        handed.append(loaded)
+        return 0
+
+    def supervising(settings: object, sock: socket.socket, server: object = None, metrics_dir: object = None,
+                    loaded: object = None) -> int:
+        return serving(settings, sock, loaded)
+
+    monkeypatch.setattr(main_module, "serve", serving)
+    monkeypatch.setattr(main_module, "supervise", supervising)
+    assert main_module.main() == 0
+    [loaded] = handed
+    assert isinstance(loaded, Snapshot) and isinstance(loaded.signers["acme"], DkimSigner)
+
+    # ... and a relay process hands it on to start_relay.
+    async def starting(*args: object, **kwargs: object) -> None:
+        handed.append(kwargs.get("loaded"))
+        raise _Handed
+
+    monkeypatch.setattr(main_module, "start_relay", starting)
+    with socket.socket() as sock, pytest.raises(_Handed):
+        serve(load_settings(), sock, loaded)
+    assert handed[-1] is loaded
