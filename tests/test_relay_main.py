@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.models import TenantStatus
-from relay.core.settings import Upstream
-from relay.core.store import SqliteStore, open_store
 import relay.service.main as main_module
-from relay.core.settings import load_settings
+from relay.core.models import TenantStatus
+from relay.core.settings import Upstream, load_settings
+from relay.core.store import SqliteStore, open_store
 from relay.mail.signer import DkimSigner
 from relay.policy.directory import Snapshot
 from relay.service.main import banner, check_store
