@@ -29,8 +29,7 @@ server:
     server-count: 1
     verbosity: 1
     # No response rate limiting: the tests ask the same names from one address far faster than any
-    # resolver would, and RRL then drops or truncates the answers (a reload's new serial went unseen
-    # for 20 s while `_wait_for_serial` was blocked as a flood).
+    # resolver would, and RRL then drops or truncates answers (seen while `_wait_for_serial` polled).
     rrl-ratelimit: 0
 remote-control:
     control-enable: no

@@ -237,16 +237,22 @@ def test_the_directory_read_for_the_banner_is_what_the_relay_serves_from(
 
     monkeypatch.setattr(main_module, "serve", serving)
     monkeypatch.setattr(main_module, "supervise", supervising)
-    assert main_module.main() == 0
-    [loaded] = handed
-    assert isinstance(loaded, Snapshot) and isinstance(loaded.signers["acme"], DkimSigner)
 
-    # ... and a relay process hands it on to start_relay.
     async def starting(*args: object, **kwargs: object) -> None:
         handed.append(kwargs.get("loaded"))
         raise _Handed
 
-    monkeypatch.setattr(main_module, "start_relay", starting)
-    with socket.socket() as sock, pytest.raises(_Handed):
-        serve(load_settings(), sock, loaded)
+    # main() blocks SIGHUP (and serve() unblocks the stop signals) for the whole process: put the mask
+    # back, or every process this test run starts later inherits a blocked SIGHUP (NSD's reload signal).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        assert main_module.main() == 0
+        [loaded] = handed
+        assert isinstance(loaded, Snapshot) and isinstance(loaded.signers["acme"], DkimSigner)
+        # ... and a relay process hands it on to start_relay.
+        monkeypatch.setattr(main_module, "start_relay", starting)
+        with socket.socket() as sock, pytest.raises(_Handed):
+            serve(load_settings(), sock, loaded)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     assert handed[-1] is loaded
