@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import uvloop
+from relay.service import eventloop
 
 SENDER, RCPT = "a@example.test", "b@example.com"
 IDLE_SESSIONS = 1000
@@ -130,8 +130,7 @@ def _client_run(main: Coroutine[Any, Any, Any]) -> Any:
     """Run our load client on uvloop, as the relay runs: on 2 cores it competes for the CPU with what it
     measures, and on asyncio's own loop it took enough to add ~2 ms to the relay's p99 (and little
     to smtp-sink's: the direct figure hides it)."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+    return eventloop.run(main, "uvloop")
 
 
 def _pct(values: list[float], q: float) -> float:

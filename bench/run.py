@@ -523,6 +523,8 @@ def bench(knobs: Knobs, out: Any, extra_lines: list[str]) -> list[dict[str, Any]
 
             extra_lines.extend(extras.run(knobs.extras, env, home, records, running_relay, free_port,
                                           workers=max(knobs.workers), timeout=knobs.timeout))
+            for line in extra_lines:  # kept with the runs they belong to (readers skip `#` lines)
+                out.write("# " + json.dumps({"extra": line.removeprefix("- ")}) + "\n")
         for store_home, _ in homes.values():
             log = store_home / "relay.log"
             failures = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])

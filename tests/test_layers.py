@@ -73,3 +73,12 @@ def test_the_rules_catch_an_upward_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    from relay.service.main import run\n    from relay import core\n")
     assert relay_imports(sample) == [(2, "service"), (3, "core")]
+
+
+def test_no_relative_imports_the_layer_check_would_not_see() -> None:
+    """`relay_imports` reads absolute imports; a relative one (`from ..service import x`) would slip past."""
+    relative = [f"{path.relative_to(ROOT)}:{node.lineno}"
+                for top in ("relay", "admin") for path in sorted((ROOT / top).rglob("*.py"))
+                for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert relative == [], relative

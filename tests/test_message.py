@@ -211,7 +211,6 @@ def test_reader_and_message_checks_agree_with_the_one_rule(variant: bytes, rule:
     expected = b"Subject: x\r\n\r\nfirst line" + rule + b"last line\r\n" if isinstance(rule, bytes) else rule
     assert through_the_reader(data) == expected
     assert through_the_checks(data) == expected
-    assert lines.refusal(data) == (None if isinstance(rule, bytes) else rule)
     if isinstance(rule, Reply):
         assert (rule.code, rule.enhanced) in ((550, "5.5.2"), (550, "5.6.0"))
 
@@ -304,3 +303,5 @@ def test_stuffed_chunks_are_what_aiosmtplib_would_send() -> None:
             assert b"".join(bytes(chunk) for chunk in chunks) == expected
             # A body span without a dot line is the DATA buffer itself, not a copy.
             assert all(chunk.obj is message.data for chunk in chunks if isinstance(chunk, memoryview))
+            if body and not body.startswith(b".") and b"\r\n." not in body:
+                assert any(isinstance(chunk, memoryview) for chunk in chunks), "no dot line: no copy"

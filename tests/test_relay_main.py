@@ -214,8 +214,9 @@ class _Handed(Exception):
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_directory_read_for_the_banner_is_what_the_relay_serves_from(
         relay_env: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
-    """The parent reads the store and keys once (check_store); the one relay process, or every forked worker,
-    starts from that snapshot (relay.policy.directory.Directory.load: unchanged key files are not read again)."""
+    """The parent reads the store and keys once (check_store) and hands that snapshot to serve() (one
+    process) or supervise() (which forks every worker with it, `_fork_worker`); serve() hands it on to
+    start_relay (relay.policy.directory.Directory.load: unchanged key files are not read again)."""
     assert cli("user", "add", "alice", "--role", "owner").code == 0
     settings = load_settings()  # what main() reads: the environment relay_env set
     store = open_store(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from admin import inputs
@@ -90,7 +91,7 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
                          "choose another name")
     tenants = sorted({inputs.identifier(t, "--tenant", "tenant id") for t in args.tenants or []})
     networks = sorted({inputs.network(n) for n in args.networks})
-    actor = ctx.authorize(ACTION, tenant=tenants[0] if len(tenants) == 1 else None, field="--tenant")
+    actor = ctx.authorize(ACTION, tenant=_audit_tenant(tenants), field="--tenant")
     if args.all_tenants:
         ctx.require_unscoped(ACTION, "add a client for all tenants")
     for tenant in tenants:  # the acting user's scope, outside the transaction: a refusal stays audited
@@ -98,7 +99,7 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
     secret = new_secret()
     client = Client(name=name, secret_hash=hash_secret(secret), all_tenants=bool(args.all_tenants),
                     tenants=tuple(tenants), networks=tuple(networks), created_at=utcnow())
-    scope = "all tenants" if client.all_tenants else "tenants " + ",".join(tenants)
+    scope = _scope_words(client)
     with ctx.store.transaction():
         if ctx.store.get_client(name) is not None:
             raise UsageError(f"NAME: client {name!r} already exists")
@@ -106,7 +107,7 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
         ctx.store.add_client(client)
         ctx.store.add_audit(AuditEntry(
             time=client.created_at, actor=actor, action=ACTION,
-            tenant=tenants[0] if len(tenants) == 1 else None, outcome="done",
+            tenant=_audit_tenant(tenants), outcome="done",
             detail=f"added client {name!r} for {scope}; networks {','.join(networks) or 'none'}",
         ))
     ctx.emit({"client": name, "secret": secret},
@@ -116,10 +117,16 @@ def add_client(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit_tenant(tenants: Sequence[str]) -> str | None:
+    """The tenant an audit entry about a client names: its only one, else none."""
+    return tenants[0] if len(tenants) == 1 else None
+
+
 def _visible(user: User | None, client: Client) -> bool:
-    """Whether `user` (None: bootstrap, no users yet) may see and manage `client`: a scoped user only
-    clients of its own tenants, never one for all tenants."""
-    return user is None or not user.scoped or (not client.all_tenants and within_scope(user, client.tenants))
+    """Whether the acting user (None: refused already by `authorize`) may see and manage `client`: an
+    unscoped user every client, a scoped one only clients of its own tenants (never one for all
+    tenants, whose tenant list is empty)."""
+    return user is not None and within_scope(user, client.tenants)
 
 
 def _scope_words(client: Client) -> str:
@@ -145,19 +152,18 @@ def remove_client(ctx: Context, args: argparse.Namespace) -> int:
     name = inputs.identifier(args.name, "NAME", "client name")
     actor = ctx.authorize(REMOVE)
     client = ctx.store.get_client(name)
-    user = ctx.acting_user
-    if client is not None and not _visible(user, client):
-        ctx.deny(REMOVE, None, user=user,
-                 why="an admin of some tenants removes only clients of those tenants alone",
-                 detail=f"client {name!r} sends for {_scope_words(client)}, outside the user's scope")
+    unknown = UsageError(f"NAME: no client {name!r} in the store {ctx.store_location}")
+    if client is not None and not _visible(ctx.acting_user, client):
+        # Audited, and answered as for a client that does not exist, as tenants outside a scope are.
+        ctx.audit(REMOVE, outcome="denied", actor=actor,
+                  detail=f"client {name!r} sends for {_scope_words(client)}, outside the user's scope")
+        raise unknown
     with ctx.store.transaction():
         if client is None or not ctx.store.delete_client(name):
-            raise UsageError(f"NAME: no client {name!r} in the store {ctx.store_location}")
-        ctx.store.add_audit(AuditEntry(
-            time=utcnow(), actor=actor, action=REMOVE,
-            tenant=client.tenants[0] if len(client.tenants) == 1 else None, outcome="done",
-            detail=f"removed client {name!r} ({_scope_words(client)}; networks {','.join(client.networks) or 'none'})",
-        ))
+            raise unknown
+        ctx.audit(REMOVE, tenant=_audit_tenant(client.tenants), actor=actor,
+                  detail=f"removed client {name!r} ({_scope_words(client)}; "
+                         f"networks {','.join(client.networks) or 'none'})")
     interval = ctx.settings.reload_interval
     ctx.emit({"client": name, "removed": True},
              f"client {name} removed: its secret and networks no longer send; a running relay refuses "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from dataclasses import field as dataclass_field  # in a class with a `field` attribute
+from dataclasses import field as dataclass_field  # Problem has an attribute named `field`
 from datetime import datetime
 
 from admin import inputs, services
@@ -43,7 +43,7 @@ class Problem:
     @property
     def empty(self) -> bool:
         """A field left empty: the page asks for it ("Vul de naam in") instead of explaining."""
-        return self.code == "empty" or self.detail == "must not be empty"
+        return self.code == "empty"
 
 
 @dataclass(frozen=True)

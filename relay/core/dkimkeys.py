@@ -53,7 +53,7 @@ def _ensure_private_dir(directory: Path) -> None:
 
 
 def write_private_key(keys_dir: Path, relative: str, key: rsa.RSAPrivateKey) -> Path:
-    """Write PKCS#8 PEM atomically, 0600 (relay.atomicfile: temp file, fsync, rename)."""
+    """Write PKCS#8 PEM atomically, 0600 (relay.core.atomicfile: temp file, fsync, rename)."""
     target = keys_dir / relative
     _ensure_private_dir(keys_dir)
     _ensure_private_dir(target.parent)

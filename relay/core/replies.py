@@ -1,9 +1,12 @@
 """SMTP replies as values, and the one exception that carries a reply to the client.
 
-Error tree (rendered in one place, the server's DATA/command hooks):
+Error tree (turned into the client's reply by the server's command hooks, and for a message by
+relay.smtp.pipeline, which also writes its log line):
 
     ReplyError(reply)          any layer may raise it; `reply.code` 4xx = transient, 5xx = permanent
-    └── UpstreamReplyError     upstream's own reply, class and enhanced code kept (R2)
+    ├── UpstreamReplyError     upstream's own reply, class and enhanced code kept (R2)
+    ├── RefusedData            the DATA reader refused the message (relay.mail.smtpdata), with its size
+    └── SigningKeyError        the tenant's key cannot sign, 451 4.3.5 (relay.mail.signer)
 
 Enhanced status codes: RFC 3463; every reply carries one (RFC 2034).
 """

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterator
 from typing import NewType
 
-from relay.core.replies import NUL_BYTES, SMUGGLING, Reply, ReplyError
+from relay.core.replies import NUL_BYTES, SMUGGLING, ReplyError
 
 CRLF = b"\r\n"
 END = b"\r\n.\r\n"  # RFC 5321 4.1.1.4
@@ -67,15 +67,6 @@ def smuggled_dot(data: bytes, *, after_bare_break: bool = False) -> bool:
     if after_bare_break and data[:1] == b"." and data[1:2] in (b"", b"\r", b"\n"):
         return True
     return _SMUGGLED_DOT.search(data) is not None
-
-
-def refusal(data: bytes) -> Reply | None:
-    """Rules 3 and 4 on un-stuffed DATA content: the reply that refuses it, or None."""
-    if b"\x00" in data:
-        return NUL_BYTES
-    if not crlf_only(data) and smuggled_dot(data):  # without a bare CR or LF no look-alike is possible
-        return SMUGGLING
-    return None
 
 
 def to_crlf(data: bytes) -> bytes:

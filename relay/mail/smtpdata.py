@@ -47,7 +47,7 @@ class DataContent(NamedTuple):
     """The un-stuffed message `read_data` read, and whether every CR and LF in it was part of a CRLF.
 
     `crlf_only` is rule 1 of relay.mail.lines, counted span by span while the message was judged:
-    `normalise(data, crlf_only=True)` then skips counting them again (~90 us for 50 KB). False says
+    `normalise(data, crlf_only_known=True)` then skips counting them again (~90 us for 50 KB). False says
     only that it was not counted here (the line-by-line path), not that a bare CR or LF is in it.
     """
 

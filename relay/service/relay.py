@@ -66,14 +66,15 @@ class RunningRelay:
     hostname: str
     hooks: Hooks | None = None
     new_sessions: NewSessions | None = None
-    metrics: Metrics = field(default_factory=Metrics)  # this process's (relay.metrics)
-    own_upstream: bool = True  # made from the settings (not handed in), so made again when they change
-    upstream: Upstream | None = None  # the one made from the settings: its pooled connections are QUIT on close
+    metrics: Metrics = field(default_factory=Metrics)  # this process's (relay.core.metrics)
+    # The upstream made from the settings (None when one was handed in): made again when they change,
+    # its pooled connections QUIT on close.
+    upstream: Upstream | None = None
     upstream_made_from: tuple[object, ...] = ()  # relay.smtp.upstream.upstream_settings of that one
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # replaced upstreams QUITting their pools
 
     def configure(self, settings: Settings) -> None:
-        """Apply settings that can change live (relay.reload decides which): new sessions (timeout, size,
+        """Apply settings that can change live (relay.service.reload decides which): new sessions (timeout, size,
         TLS certificate), connection limits, AUTH/MAIL/RCPT checks, and the pipeline (upstream, tenant
         gate, platform sender). Sessions and transactions under way keep what they started with."""
         tls = tls_context(settings)  # first: a certificate that does not load raises and changes nothing
@@ -88,7 +89,7 @@ class RunningRelay:
     def _renewed_upstream(self, settings: Settings) -> Upstream | None:
         """A new upstream when a setting it is made from changed, else None (the pool stays warm). The old
         one's idle connections are QUIT in the background; its messages under way finish on their own."""
-        if not self.own_upstream or upstream_settings(settings) == self.upstream_made_from:
+        if self.upstream is None or upstream_settings(settings) == self.upstream_made_from:
             return None
         old, self.upstream = self.upstream, make_upstream(settings, pooled=True)
         self.upstream_made_from = upstream_settings(settings)
@@ -202,5 +203,5 @@ async def start_relay(
     return RunningRelay(server=server, directory=directory, reloader=reloader, revalidator=revalidator,
                         sessions=sessions, connections=connections, pipeline=pipeline, rdns=rdns, drain=drain,
                         hostname=settings.hostname, hooks=hooks, new_sessions=new, metrics=metrics,
-                        own_upstream=own is not None, upstream=own,
+                        upstream=own,
                         upstream_made_from=upstream_settings(settings) if own is not None else ())

@@ -25,7 +25,7 @@ directory's look at the store) is handed back to the worker's loop.
 
 Failures never end the loop and are logged in one line each, without traceback or secret, once while
 they repeat; the next tick tries again. While the store does not exist yet the loop waits for it, as the
-directory does. Its lines on `relay.service.revalidator`:
+directory does. Its lines on `relay.revalidator`:
 
     ERROR   revalidation failed, retrying every 15s: StoreError: <what the store said>
     INFO    revalidation works again
@@ -95,7 +95,7 @@ def _release(store: Store, lease: str, holder: str) -> None:
 
 
 class Revalidator:
-    """One worker's re-validation loop; `start()` runs it as a task, `stop()` ends it and closes its store.
+    """One worker's re-validation loop; `start()` runs it in a thread, `stop()` ends it and closes its store.
 
     `opener` opens the store (raising `StoreMissing` while it does not exist); `tick`, `client` and
     `changed` (called after a tick that changed a status) are for the relay's wiring and for tests;
@@ -148,11 +148,8 @@ class Revalidator:
 
     def cancel(self) -> None:
         """Stop at the next await (leases are released as the tick unwinds)."""
-        if self._task is None:
-            return
-        if self._loop is None:
-            self._task.cancel()
-            return
+        if self._task is None or self._loop is None:
+            return  # never started
         try:
             self._loop.call_soon_threadsafe(self._task.cancel)
         except RuntimeError:
@@ -166,8 +163,6 @@ class Revalidator:
             if self._thread.is_alive():
                 log.warning("revalidation did not stop within %gs; left to end with the process", STOP_TIMEOUT)
                 return  # its store is still in use by that thread: not closed under it
-        elif self._task is not None:
-            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -64,12 +64,7 @@ class AdaptedSMTP(SMTP):
     def __dir__(self) -> Iterable[str]:
         if not self._building_tables:
             return super().__dir__()
-        cls = type(self)
-        names: tuple[str, ...] | None = cls.__dict__.get("_command_names")
-        if names is None:  # once per class: a subclass may add commands of its own
-            names = tuple(name for name in dir(cls) if name.startswith(("smtp_", "auth_")))
-            type.__setattr__(cls, "_command_names", names)
-        return names
+        return _names_once(type(self), "_command_names", ("smtp_", "auth_"))
 
     # ---------------------------------------------------------------- what aiosmtpd calls: routed
 
@@ -127,9 +122,14 @@ class HandlerNames:
     made once per class (aiosmtpd lists the handler for every connection; nothing else asks)."""
 
     def __dir__(self) -> Iterable[str]:
-        cls = type(self)
-        names: tuple[str, ...] | None = cls.__dict__.get("_hook_names")
-        if names is None:
-            names = tuple(name for name in dir(cls) if name.startswith(("handle_", "auth_")))
-            type.__setattr__(cls, "_hook_names", names)
-        return names
+        return _names_once(type(self), "_hook_names", ("handle_", "auth_"))
+
+
+def _names_once(cls: type, cache: str, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of `cls` starting with `prefixes`, listed once and kept on that very class (in its own
+    `__dict__`: a subclass may add names of its own and gets its own list)."""
+    names: tuple[str, ...] | None = cls.__dict__.get(cache)
+    if names is None:
+        names = tuple(name for name in dir(cls) if name.startswith(prefixes))
+        type.__setattr__(cls, cache, names)
+    return names

@@ -1,7 +1,7 @@
 """aiosmtpd wiring: a small SMTP subclass and thin hooks that gather session state and call pure decisions.
 
 Deliberate departures from stock aiosmtpd (1.4.6):
-- DATA is read in blocks up to CRLF.CRLF and judged by relay.smtpdata: bare-LF mail is accepted and
+- DATA is read in blocks up to CRLF.CRLF and judged by relay.mail.smtpdata: bare-LF mail is accepted and
   normalised, end-of-data stays CRLF.CRLF, and look-alikes are refused as smuggling (550 5.5.2).
 - Paths in MAIL/RCPT reach the hooks raw, so that source routes are refused instead of silently
   dropped by the header parser.
@@ -211,7 +211,6 @@ class RelaySMTP(AdaptedSMTP):
 
     async def _transaction(self) -> None:
         """From the 354 to the reply to the final dot."""
-        assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         envelope = self.envelope
         assert isinstance(envelope, RelayEnvelope)  # every envelope is made by AdaptedSMTP._create_envelope
@@ -397,8 +396,10 @@ class Hooks(HandlerNames):
             return str(exc.reply)
         ip = peer_ip(session)
         content = envelope.content
-        assert isinstance(content, bytes) and envelope.mail_from is not None
-        rdns = await self._rdns.lookup(ip)
+        assert isinstance(content, bytes) and isinstance(envelope, RelayEnvelope) and envelope.mail_from is not None
+        refused = envelope.refused
+        # A refused message is only logged, without its rDNS name: no reverse lookup to wait for.
+        rdns = None if refused is not None else await self._rdns.lookup(ip)
         tx = Transaction(
             id=new_transaction_id(),
             peer=Peer(ip=ip, helo=session.host_name or "", rdns=rdns, tls=session.ssl is not None),
@@ -408,9 +409,8 @@ class Hooks(HandlerNames):
             recipients=tuple(envelope.rcpt_tos),
             data=content,
             received_at=utcnow(),
-            crlf_only=isinstance(envelope, RelayEnvelope) and envelope.content_crlf_only,
+            crlf_only=envelope.content_crlf_only,
         )
-        refused = envelope.refused if isinstance(envelope, RelayEnvelope) else None
         if refused is not None:
             return str(self._pipeline.refuse(tx, refused.reply, size=refused.size))
         return str(await self._pipeline.handle(tx))

@@ -392,9 +392,9 @@ class _Progress:
 def _dot_stuffed_pieces(message: bytes) -> tuple[bytes, ...]:
     """RFC 5321 4.5.2 transparency and the final dot, as pieces to write, by relay.mail.lines' rules.
 
-    The pipeline hands over signed messages, CRLF-only (the signer refuses anything else); any other
-    message has its bare CR and LF made CRLF first (rule 5): a bare LF before a dot must never reach
-    the wire unstuffed (SMTP smuggling).
+    For `deliver(envelope, bytes)` (the pipeline hands its messages to `deliver_message` instead): bytes
+    from elsewhere have their bare CR and LF made CRLF first (rule 5), since a bare LF before a dot must
+    never reach the wire unstuffed (SMTP smuggling).
     """
     if not crlf_only(message):
         message = to_crlf(message)
